@@ -1,0 +1,12 @@
+"""Cityscapes: 19 classes, k=25 (an 800x800 crop gives a 25x25 res-5 map), 800x800 crops."""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model.num_classes = 19
+    config.model.backbone = "resnet152"
+    config.model.kernel_size = 25
+    config.crop_size = 800
+    return config

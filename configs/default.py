@@ -1,0 +1,33 @@
+"""Shared defaults. Variant configs import this and override a few fields; every field can also be set on the
+command line as --config.model.kernel_size=11 (a key that does not exist is an error).
+
+The model section follows the paper's final VOC model (Figure 2, ResNet-152, GCN k=15, BR on); where the
+paper is silent, the choice is marked.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    config.model.num_classes = 21
+    # resnet18/34/50/101/152, or resnet50_gcn/101_gcn/152_gcn (Figure 5's ResNet-GCN backbone).
+    config.model.backbone = "resnet152"
+    # Score head per stage: gcn (Fig. 2B) | conv (trivial k x k, Table 2) | stack (Tables 3-4) | base (1x1, Table 1).
+    config.model.head = "gcn"
+    config.model.kernel_size = 15  # k, odd; one value for all stages as in the paper
+    # Per-stage k for res-2..res-5, e.g. (15, 13, 11, 9); empty: kernel_size everywhere.
+    config.model.stage_kernel_sizes = ()
+    config.model.stack_width = config_dict.placeholder(int)  # m of the 'stack' head; unset: input channels
+    config.model.head_use_bias = False  # Table 2's parameter counts imply no bias
+    config.model.use_br = True  # the 9 Boundary Refinement blocks
+    # Not stated in the paper: odd 3 keeps the ResNet's pixel alignment (see gcn_jax/models/blocks.py).
+    config.model.deconv_kernel_size = 3
+    config.model.frozen_bn = False  # backbone BN uses running statistics only
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    config.crop_size = 512  # training crop; the model summary uses it as its input size
+    return config

@@ -1,0 +1,174 @@
+"""The paper's decoder blocks: the GCN block (Fig. 2B), Boundary Refinement (Fig. 2C), the ablation heads of
+Tables 1-4, and the bilinear-initialised x2 deconvolution of Fig. 2A.
+
+All blocks map (batch, height, width, channels) to (batch, height, width, classes) at the same resolution,
+except `Deconv2x`, which doubles it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HEAD_KINDS = ("gcn", "conv", "stack", "base")
+
+
+def check_kernel_size(k: int, what: str = "kernel_size") -> None:
+    """GCN-style kernels must be odd: an even k cannot be centred, which misaligns the score map."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
+        raise ValueError(
+            f"{what} must be a positive odd integer (the paper uses odd k 'to avoid alignment error'), got {k!r}"
+        )
+
+
+class GlobalConvBlock(nn.Module):
+    """Global Convolutional Network block (Figure 2B).
+
+    Two branches on the same input, summed: (k x 1 conv then 1 x k conv) + (1 x k conv then k x 1 conv), each
+    conv mapping to `features` (the number of classes) channels. No BN and no nonlinearity inside, as in the
+    paper. Without bias (the default) it has 2k(c*C + C*C) parameters, which is what Table 2 counts.
+    """
+
+    features: int
+    kernel_size: int = 15
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_kernel_size(self.kernel_size)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x):
+        k, p = self.kernel_size, self.kernel_size // 2
+        conv = lambda shape, pad, name: nn.Conv(  # noqa: E731
+            self.features, shape, padding=pad, use_bias=self.use_bias, dtype=self.dtype, name=name
+        )
+        tall, wide = ((p, p), (0, 0)), ((0, 0), (p, p))
+        left = conv((1, k), wide, "left_1xk")(conv((k, 1), tall, "left_kx1")(x))
+        right = conv((k, 1), tall, "right_kx1")(conv((1, k), wide, "right_1xk")(x))
+        return left + right
+
+
+class BoundaryRefinement(nn.Module):
+    """Boundary Refinement block (Figure 2C): S + conv3x3(ReLU(conv3x3(S))), no BN, no ReLU after the sum.
+
+    The paper does not state whether the convs have a bias; they do here (`use_bias`), as a residual branch
+    that models a correction usually does.
+    """
+
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv1")(x)
+        r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv2")(
+            nn.relu(r)
+        )
+        return x + r
+
+
+class StackedConvHead(nn.Module):
+    """Table 3/4 baseline: floor(k/2) 3x3 convs (same receptive field as a k x k kernel), no nonlinearity.
+
+    Widths c -> m -> ... -> m -> C; `width=None` means m = c (Table 3 uses m = 2048 on res-5, as Table 4's
+    first row shows).
+    """
+
+    features: int
+    kernel_size: int = 7
+    width: int | None = None
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_kernel_size(self.kernel_size)
+        if self.kernel_size < 3:
+            raise ValueError(f"the 'stack' head needs kernel_size >= 3, got {self.kernel_size}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x):
+        n = self.kernel_size // 2
+        m = self.width or x.shape[-1]
+        for i in range(n):
+            out = self.features if i == n - 1 else m
+            x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
+                        name=f"conv{i + 1}")(x)
+        return x
+
+
+def make_head(kind: str, features: int, kernel_size: int, *, stack_width: int | None = None,
+              use_bias: bool = False, dtype: Any = jnp.float32, name: str | None = None) -> nn.Module:
+    """The per-stage score head: `gcn` (Fig. 2B), `conv` (trivial k x k, Table 2), `stack` (Tables 3-4) or
+    `base` (1 x 1 conv, Table 1's baseline)."""
+    if kind == "gcn":
+        return GlobalConvBlock(features, kernel_size, use_bias, dtype, name=name)
+    if kind == "conv":
+        check_kernel_size(kernel_size)
+        p = kernel_size // 2
+        return nn.Conv(features, (kernel_size, kernel_size), padding=((p, p), (p, p)), use_bias=use_bias,
+                       dtype=dtype, name=name)
+    if kind == "stack":
+        return StackedConvHead(features, kernel_size, stack_width, use_bias, dtype, name=name)
+    if kind == "base":
+        return nn.Conv(features, (1, 1), padding=0, use_bias=use_bias, dtype=dtype, name=name)
+    raise ValueError(f"unknown head {kind!r}; expected one of {HEAD_KINDS}")
+
+
+def bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """(size, size, channels, channels) kernel that upsamples each channel x2 bilinearly (diagonal in channels).
+
+    Odd sizes put the tap centre on a pixel, even sizes between two pixels (FCN's `upsample_filt`).
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    taps = 1 - np.abs(np.arange(size) - center) / factor
+    k2 = np.outer(taps, taps).astype(np.float32)
+    kernel = np.zeros((size, size, channels, channels), np.float32)
+    kernel[:, :, np.arange(channels), np.arange(channels)] = k2[:, :, None]
+    return kernel
+
+
+class Deconv2x(nn.Module):
+    """Learnable stride-2 transposed convolution (the paper's 'deconv'), initialised to bilinear upsampling.
+
+    Alignment. The ResNet features are corner-aligned: pixel i of a stride-S map sits on input pixel S*i (see
+    resnet.py). With an odd kernel (default 3, taps 0.5 / 1 / 0.5) output pixel 2i lands exactly on input
+    pixel i and 2i+1 halfway to i+1, preserving that alignment at every stage. An even kernel (4, the FCN
+    choice, made for half-pixel-aligned VGG features) centres its taps between pixels and shifts the map by a
+    quarter of a coarse pixel per stage, about 15 input pixels over the five upsamplings; it is available
+    (`kernel_size=4`) for comparison.
+
+    `target` gives the output height and width (at most twice the input's); the upsampled map is cropped to
+    it at the bottom/right. The input is edge-replicated by one pixel at the bottom/right first, so the last
+    row and column interpolate towards the border value instead of towards zero.
+    """
+
+    features: int
+    kernel_size: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, target: tuple[int, int]):
+        k = self.kernel_size
+        if k < 2:
+            raise ValueError(f"deconv kernel_size must be >= 2, got {k}")
+        h, w = x.shape[1:3]
+        if not (h <= target[0] <= 2 * h and w <= target[1] <= 2 * w):
+            raise ValueError(f"Deconv2x cannot map {(h, w)} to {tuple(target)}: the target must be 1-2x the input")
+        kernel = self.param("kernel", lambda *_: jnp.asarray(bilinear_kernel(k, self.features)))
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+        lo = (k - 1) // 2
+        hi = max(0, k - 2 - lo)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1),
+            padding=((lo, hi), (lo, hi)), lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y[:, : target[0], : target[1], :]

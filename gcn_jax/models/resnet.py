@@ -1,0 +1,237 @@
+"""ResNet backbones (v1.5, torchvision layout) and the ResNet-GCN variant of the paper's Figure 5.
+
+Everything here mirrors torchvision's `resnet.py` so that ImageNet weights imported from a torchvision or
+timm state dict (see `pretrained.py`) produce the same activations:
+
+- padding is explicit and equal to torchvision's: stem 7x7/2 pad 3, every 3x3 pad 1, max-pool 3x3/2 pad 1
+  (flax's 'SAME' would pad (2, 3) on even inputs and shift every feature map by a pixel);
+- the stride of a downsampling bottleneck sits on its 3x3 conv (v1.5), the projection shortcut is a strided
+  1x1 conv + BN;
+- BatchNorm uses eps 1e-5 and momentum 0.9 (torch's 0.1 counted the other way). torch updates the running
+  variance with the unbiased batch variance, flax with the biased one; the factor n/(n-1) over n = B*H*W
+  pixels is negligible for training and irrelevant for imported statistics.
+
+Module names follow torchvision's state-dict keys (`layer3_5/conv2` <-> `layer3.5.conv2`), which is what
+makes the weight mapping mechanical.
+
+Alignment: with these paddings, pixel i of a stride-S feature map is centred on input pixel S*i, and a map at
+stride S has ceil(H/S) x ceil(W/S) pixels for any input size H x W.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torchvision's initialisation: kaiming normal, fan_out, ReLU gain.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# (block type, blocks per stage) for each depth, as in torchvision.
+RESNET_SPECS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+    # Figure 5 / Table 11: res-4 and res-5 bottlenecks replaced by the GCN-style block.
+    "resnet50_gcn": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101_gcn": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152_gcn": ("bottleneck", (3, 8, 36, 3)),
+}
+
+# ResNet-GCN block settings per stage index (0-based: 2 = res-4, 3 = res-5), from Table 11: (k, m').
+RESNET_GCN_STAGES: dict[int, tuple[int, int]] = {2: (5, 85), 3: (7, 128)}
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+def backbone_names() -> tuple[str, ...]:
+    return tuple(RESNET_SPECS)
+
+
+def stage_channels(name: str) -> tuple[int, int, int, int]:
+    """Channels of res-2..res-5 for a backbone name (256..2048 for bottleneck nets, 64..512 for basic)."""
+    block, _ = _spec(name)
+    expansion = 4 if block == "bottleneck" else 1
+    return tuple(w * expansion for w in STAGE_WIDTHS)  # type: ignore[return-value]
+
+
+def _spec(name: str) -> tuple[str, tuple[int, int, int, int]]:
+    if name not in RESNET_SPECS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_SPECS)}")
+    return RESNET_SPECS[name]
+
+
+def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34)."""
+
+    width: int
+    strides: int = 1
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        y = self.conv(self.width, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.width, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.width:
+            residual = self.conv(self.width, (1, 1), self.strides, padding=0, name="downsample_0")(x)
+            residual = self.norm(name="downsample_1")(residual)
+        return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride: v1.5), 1x1 expand x4."""
+
+    width: int
+    strides: int = 1
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x):
+        out = self.width * self.expansion
+        residual = x
+        y = self.conv(self.width, (1, 1), padding=0, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.width, (3, 3), self.strides, padding=_pad(3), name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(out, (1, 1), padding=0, name="conv3")(y)
+        y = self.norm(name="bn3")(y)
+        if self.strides != 1 or x.shape[-1] != out:
+            residual = self.conv(out, (1, 1), self.strides, padding=0, name="downsample_0")(x)
+            residual = self.norm(name="downsample_1")(residual)
+        return nn.relu(y + residual)
+
+
+class GCNBottleneck(nn.Module):
+    """The ResNet-GCN block of Figure 5.
+
+    The bottleneck's 1x1-reduce and 3x3 convs are replaced by two separable large-kernel branches of width
+    m' (1xk -> kx1 and kx1 -> 1xk, every conv followed by BN + ReLU), summed, then a 1x1 conv + BN to the
+    block's output channels, plus the identity or projection shortcut.
+
+    The paper does not say where a downsampling block strides. Here each conv strides along the axis its
+    kernel spans: the 1xk conv by (1, 2), the kx1 conv by (2, 1). Every input row and column is then seen by
+    a kernel before it is subsampled (a 1xk conv strided by 2 vertically would drop every other row unseen),
+    the map stays corner-aligned like the rest of the network, and the block costs about what the
+    bottleneck it replaces costs (the paper: ResNet-50 and ResNet50-GCN both about 3.7 GFLOPs; here 3.97 vs
+    3.63 G multiply-adds at 224x224 in XLA's count, `python summary.py ... --imagenet`).
+    """
+
+    width: int  # the bottleneck width of the stage it replaces; output channels are 4 * width
+    kernel_size: int
+    branch_width: int  # m'
+    strides: int = 1
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x):
+        k, m, s = self.kernel_size, self.branch_width, self.strides
+        p = k // 2
+        out = self.width * self.expansion
+
+        def conv_bn_relu(y, shape, pad, strides, name):
+            y = self.conv(m, shape, strides, padding=pad, name=f"conv_{name}")(y)
+            return nn.relu(self.norm(name=f"bn_{name}")(y))
+
+        wide, tall = ((0, 0), (p, p)), ((p, p), (0, 0))
+        # branch a: 1xk then kx1; branch b: kx1 then 1xk.
+        a = conv_bn_relu(x, (1, k), wide, (1, s), "a1")
+        a = conv_bn_relu(a, (k, 1), tall, (s, 1), "a2")
+        b = conv_bn_relu(x, (k, 1), tall, (s, 1), "b1")
+        b = conv_bn_relu(b, (1, k), wide, (1, s), "b2")
+        y = self.conv(out, (1, 1), padding=0, name="conv3")(a + b)
+        y = self.norm(name="bn3")(y)
+        residual = x
+        if s != 1 or x.shape[-1] != out:
+            residual = self.conv(out, (1, 1), s, padding=0, name="downsample_0")(x)
+            residual = self.norm(name="downsample_1")(residual)
+        return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk returning the four stage features (res-2, res-3, res-4, res-5).
+
+    Input (batch, height, width, 3), normalised images. Outputs have strides 4, 8, 16, 32 and
+    `stage_channels(arch)` channels; spatial sizes are ceil(H/stride) x ceil(W/stride).
+
+    `frozen_bn=True` always normalises with the running statistics and never updates them (for fine-tuning
+    with small per-device batches, such as the paper's batch size 1), whatever `train` says.
+    """
+
+    arch: str = "resnet50"  # a key of RESNET_SPECS
+    frozen_bn: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        block_kind, counts = _spec(self.arch)
+        use_gcn = self.arch.endswith("_gcn")
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=self.frozen_bn or not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
+        x = x.astype(self.dtype)
+        x = conv(64, (7, 7), 2, padding=_pad(7), name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+
+        features = []
+        for stage, (count, width) in enumerate(zip(counts, STAGE_WIDTHS)):
+            for i in range(count):
+                strides = 2 if stage > 0 and i == 0 else 1
+                name = f"layer{stage + 1}_{i}"
+                if use_gcn and stage in RESNET_GCN_STAGES:
+                    k, m = RESNET_GCN_STAGES[stage]
+                    block = GCNBottleneck(width, k, m, strides, conv=conv, norm=norm, name=name)
+                elif block_kind == "bottleneck":
+                    block = Bottleneck(width, strides, conv=conv, norm=norm, name=name)
+                else:
+                    block = BasicBlock(width, strides, conv=conv, norm=norm, name=name)
+                x = block(x)
+            features.append(x)
+        return tuple(features)
+
+
+class ResNetClassifier(nn.Module):
+    """A ResNet with torchvision's ImageNet head (global average pool + `fc`), returning float32 logits.
+
+    For ImageNet pretraining of the ResNet-GCN backbone (Table 6) and for checking parameter counts against
+    torchvision; the segmentation network uses `ResNet` alone.
+    """
+
+    arch: str = "resnet50"
+    num_classes: int = 1000
+    frozen_bn: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        features = ResNet(self.arch, self.frozen_bn, self.dtype, name="backbone")(x, train)
+        pooled = jnp.mean(features[-1], axis=(1, 2))
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
+        return logits.astype(jnp.float32)
+
+
+def stage_block_counts(name: str) -> Sequence[int]:
+    return _spec(name)[1]
