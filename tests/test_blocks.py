@@ -1,0 +1,149 @@
+"""The GCN block, BR, the ablation heads and the deconvolution: parameter counts from the paper's tables and
+outputs against an independent numpy computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcn_jax.models import (
+    BoundaryRefinement,
+    Deconv2x,
+    GlobalConvBlock,
+    StackedConvHead,
+    bilinear_kernel,
+    make_head,
+)
+from gcn_jax.models.summary import abstract_variables, count_params
+from tests.reference import conv2d, relu
+
+RES5 = (1, 16, 16, 2048)  # res-5 of a 512x512 input
+
+
+def head_params(kind, k, width=None):
+    head = make_head(kind, 21, k, stack_width=width)
+    return count_params(abstract_variables(head, RES5)["params"])
+
+
+@pytest.mark.parametrize("k, expected", [(3, 260_694), (5, 434_490), (7, 608_286), (9, 782_082), (15, 1_303_470)])
+def test_gcn_params_match_table2(k, expected):
+    assert head_params("gcn", k) == expected
+
+
+@pytest.mark.parametrize("k, expected", [(3, 387_072), (5, 1_075_200), (7, 2_107_392), (9, 3_483_648)])
+def test_trivial_conv_params_match_table2(k, expected):
+    assert head_params("conv", k) == expected
+
+
+@pytest.mark.parametrize("m, expected", [(2048, 75_884_544), (1024, 28_505_088), (210, 4_307_310)])
+def test_stack_params_match_table4(m, expected):
+    assert head_params("stack", 7, m) == expected
+
+
+def test_stack_default_width_is_input_channels():
+    # Table 3's k=7 stack is Table 4's m=2048 row.
+    assert head_params("stack", 7) == 75_884_544
+
+
+def test_stack_depth_follows_receptive_field():
+    # floor(k/2) 3x3 convs: k=11 -> 5 convs.
+    v = abstract_variables(StackedConvHead(21, 11, width=64), (1, 8, 8, 32))
+    assert sorted(v["params"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+
+
+def test_base_head_is_1x1():
+    assert head_params("base", 15) == 2048 * 21
+
+
+@pytest.mark.parametrize("k", [0, 2, 4, 14, -3])
+def test_even_or_nonpositive_k_is_a_clear_error(k):
+    with pytest.raises(ValueError, match="odd"):
+        GlobalConvBlock(21, k)
+    with pytest.raises(ValueError, match="odd"):
+        make_head("conv", 21, k)
+
+
+def test_unknown_head_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown head 'dense'"):
+        make_head("dense", 21, 7)
+
+
+def test_gcn_equals_two_separable_branches():
+    k, c, classes = 7, 5, 3
+    x = np.random.default_rng(0).standard_normal((2, 11, 13, c)).astype(np.float32)
+    block = GlobalConvBlock(classes, k)
+    params = block.init(jax.random.key(0), x)["params"]
+    got = np.asarray(block.apply({"params": params}, x))
+
+    def torch_w(kernel):  # flax (kh, kw, I, O) -> (O, I, kh, kw)
+        return np.transpose(np.asarray(kernel), (3, 2, 0, 1))
+
+    p = k // 2
+    tall, wide = ((p, p), (0, 0)), ((0, 0), (p, p))
+    left = conv2d(conv2d(x, torch_w(params["left_kx1"]["kernel"]), pad=tall), torch_w(params["left_1xk"]["kernel"]),
+                  pad=wide)
+    right = conv2d(conv2d(x, torch_w(params["right_1xk"]["kernel"]), pad=wide),
+                   torch_w(params["right_kx1"]["kernel"]), pad=tall)
+    assert params["left_kx1"]["kernel"].shape == (k, 1, c, classes)
+    assert params["left_1xk"]["kernel"].shape == (1, k, classes, classes)
+    assert "bias" not in params["left_kx1"]
+    np.testing.assert_allclose(got, left + right, rtol=1e-4, atol=1e-4)
+
+
+def test_gcn_bias_is_optional():
+    v = abstract_variables(GlobalConvBlock(21, 3, use_bias=True), RES5)
+    assert count_params(v["params"]) == 260_694 + 4 * 21
+
+
+def test_boundary_refinement_is_residual():
+    x = np.random.default_rng(1).standard_normal((1, 9, 10, 4)).astype(np.float32)
+    br = BoundaryRefinement()
+    params = br.init(jax.random.key(0), x)["params"]
+    got = np.asarray(br.apply({"params": params}, x))
+    w1 = np.transpose(np.asarray(params["conv1"]["kernel"]), (3, 2, 0, 1))
+    w2 = np.transpose(np.asarray(params["conv2"]["kernel"]), (3, 2, 0, 1))
+    r = conv2d(relu(conv2d(x, w1, pad=((1, 1), (1, 1)), bias=np.asarray(params["conv1"]["bias"]))), w2,
+               pad=((1, 1), (1, 1)), bias=np.asarray(params["conv2"]["bias"]))
+    np.testing.assert_allclose(got, x + r, rtol=1e-4, atol=1e-4)
+
+
+def test_bilinear_kernels():
+    for size, taps in ((3, [0.5, 1.0, 0.5]), (4, [0.25, 0.75, 0.75, 0.25])):
+        np.testing.assert_allclose(bilinear_kernel(size, 1)[:, :, 0, 0], np.outer(taps, taps))
+    k = bilinear_kernel(3, 4)
+    assert k[1, 1, 2, 2] == 1.0 and k[1, 1, 2, 3] == 0.0  # diagonal in channels
+
+
+def test_deconv_at_init_interpolates_on_the_backbone_grid():
+    # Coarse pixel i sits on fine pixel 2i (the ResNet's alignment): a linear ramp must come out as the
+    # same ramp sampled twice as densely, exactly, with the last row/column held at the border value.
+    n = 6
+    ramp = np.arange(n, dtype=np.float32)
+    x = (ramp[:, None] * 3 + ramp[None, :] * 0.5)[None, :, :, None] * np.ones((1, 1, 1, 2), np.float32)
+    up = Deconv2x(2)
+    variables = up.init(jax.random.key(0), x, (2 * n, 2 * n))
+    y = np.asarray(up.apply(variables, x, (2 * n, 2 * n)))
+    fine = np.arange(2 * n) / 2.0
+    expected = fine[:, None] * 3 + fine[None, :] * 0.5
+    np.testing.assert_allclose(y[0, :-1, :-1, 0], expected[:-1, :-1], atol=1e-5)
+    # Last row: (x[n-1] + x[n-1]) / 2 = x[n-1] (edge-replicated), not half of it (zero padding).
+    np.testing.assert_allclose(y[0, -1, 0::2, 1], x[0, -1, :, 1], atol=1e-5)
+
+
+def test_deconv_crops_to_target_and_rejects_impossible_targets():
+    x = jnp.ones((1, 5, 7, 3))
+    up = Deconv2x(3)
+    v = up.init(jax.random.key(0), x, (9, 13))
+    assert up.apply(v, x, (9, 13)).shape == (1, 9, 13, 3)
+    assert up.apply(v, x, (10, 14)).shape == (1, 10, 14, 3)
+    with pytest.raises(ValueError, match="cannot map"):
+        up.apply(v, x, (11, 14))
+
+
+def test_even_deconv_kernel_is_shifted_by_a_quarter_pixel():
+    # The documented reason for the odd default: FCN's 4-tap kernel samples coarse position i + 1/4 at 2i.
+    x = np.arange(8, dtype=np.float32)[None, :, None, None] * np.ones((1, 1, 3, 1), np.float32)
+    up = Deconv2x(1, kernel_size=4)
+    v = up.init(jax.random.key(0), x, (16, 6))
+    y = np.asarray(up.apply(v, x, (16, 6)))[0, :, 1, 0]
+    np.testing.assert_allclose(y[2:12:2], np.arange(1, 6) + 0.25, atol=1e-5)

@@ -1,0 +1,103 @@
+"""ResNet backbones: torchvision's parameter counts, stage shapes, BatchNorm behaviour, and the ResNet-GCN
+variant of Figure 5 / Table 11."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from gcn_jax.models import ResNet, ResNetClassifier, stage_channels
+from gcn_jax.models.summary import abstract_variables, count_params, forward_flops
+from tests.reference import conv2d
+
+# torchvision.models.resnetN(): sum(p.numel() for p in model.parameters()), 1000-class head included.
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+}
+
+
+@pytest.mark.parametrize("arch, expected", TORCHVISION_PARAMS.items())
+def test_param_counts_equal_torchvision(arch, expected):
+    with_head = count_params(abstract_variables(ResNetClassifier(arch), (1, 224, 224, 3))["params"])
+    trunk = count_params(abstract_variables(ResNet(arch), (1, 224, 224, 3))["params"])
+    fc = stage_channels(arch)[-1] * 1000 + 1000
+    assert with_head == expected
+    assert trunk == expected - fc  # the segmentation backbone has no classifier (ResNet-50: 23,508,032)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("hw", [(97, 131), (224, 224), (500, 375)])
+def test_stage_shapes_are_ceil_of_stride(arch, hw):
+    v = abstract_variables(ResNet(arch), (2, *hw, 3))
+    out = jax.eval_shape(lambda v: ResNet(arch).apply(v, jnp.zeros((2, *hw, 3))), v)
+    for f, stride, c in zip(out, (4, 8, 16, 32), stage_channels(arch)):
+        assert f.shape == (2, -(-hw[0] // stride), -(-hw[1] // stride), c)
+
+
+def test_bn_train_mode_updates_running_stats_with_torch_momentum():
+    x = np.random.default_rng(0).standard_normal((2, 20, 22, 3)).astype(np.float32)
+    model = ResNet("resnet18")
+    v = model.init(jax.random.key(0), x)
+    _, updates = model.apply(v, x, train=True, mutable=["batch_stats"])
+    # bn1 sees conv1's output; torch: running = 0.9 * running + 0.1 * batch statistic (biased here).
+    w = np.transpose(np.asarray(v["params"]["conv1"]["kernel"]), (3, 2, 0, 1))
+    y = conv2d(x, w, (2, 2), ((3, 3), (3, 3)))
+    mean = y.mean(axis=(0, 1, 2))
+    var = y.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(updates["batch_stats"]["bn1"]["mean"], 0.1 * mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["bn1"]["var"], 0.9 + 0.1 * var, rtol=1e-4)
+
+
+def test_frozen_bn_uses_running_stats_and_never_updates():
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    v = ResNet("resnet18").init(jax.random.key(0), x)
+    frozen = ResNet("resnet18", frozen_bn=True)
+    out_train, updates = frozen.apply(v, x, train=True, mutable=["batch_stats"])
+    out_eval = frozen.apply(v, x, train=False)
+    for a, b in zip(jax.tree_util.tree_leaves(updates["batch_stats"]), jax.tree_util.tree_leaves(v["batch_stats"])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(out_train, out_eval):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resnet_gcn_blocks_follow_table11():
+    v = abstract_variables(ResNet("resnet50_gcn"), (1, 224, 224, 3))["params"]
+    blocks = {k for k in v if k.startswith("layer")}
+    assert sorted(b for b in blocks if b.startswith("layer3")) == [f"layer3_{i}" for i in range(6)]
+    assert sorted(b for b in blocks if b.startswith("layer4")) == [f"layer4_{i}" for i in range(3)]
+    # res-2 and res-3 unchanged; res-4 k=5, m'=85; res-5 k=7, m'=128, output 2048 channels.
+    assert v["layer2_1"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
+    assert v["layer3_1"]["conv_a1"]["kernel"].shape == (1, 5, 1024, 85)
+    assert v["layer3_1"]["conv_a2"]["kernel"].shape == (5, 1, 85, 85)
+    assert v["layer3_1"]["conv_b1"]["kernel"].shape == (5, 1, 1024, 85)
+    assert v["layer3_1"]["conv3"]["kernel"].shape == (1, 1, 85, 1024)
+    assert v["layer4_0"]["conv_a1"]["kernel"].shape == (1, 7, 1024, 128)
+    assert v["layer4_2"]["conv_b2"]["kernel"].shape == (1, 7, 128, 128)
+    assert v["layer4_2"]["conv3"]["kernel"].shape == (1, 1, 128, 2048)
+    assert "downsample_0" in v["layer4_0"] and "downsample_0" not in v["layer4_1"]
+    # every conv has its BN
+    assert {"bn_a1", "bn_a2", "bn_b1", "bn_b2", "bn3"} <= set(v["layer3_3"])
+
+
+def test_resnet_gcn_blocks_have_their_own_weights():
+    x = jnp.zeros((1, 64, 64, 3))
+    params = jax.jit(ResNet("resnet50_gcn").init)(jax.random.key(0), x)["params"]
+    kernels = [np.asarray(params[f"layer4_{i}"]["conv_a2"]["kernel"]) for i in range(3)]
+    assert not np.allclose(kernels[1], kernels[2]) and not np.allclose(kernels[0], kernels[1])
+    flat = traverse_util.flatten_dict(params)
+    # 3 GCN blocks x 4 branch convs in res-5, each a separate leaf
+    assert len([p for p in flat if p[0].startswith("layer4") and p[1].startswith("conv_") and p[-1] == "kernel"]) == 12
+
+
+def test_resnet50_and_resnet50_gcn_cost_about_the_same():
+    # Table 6 / Figure 5: both about 3.7 GFLOPs at 224x224 (multiply-adds).
+    shape = (1, 224, 224, 3)
+    plain = forward_flops(ResNetClassifier("resnet50"), shape) / 2
+    gcn = forward_flops(ResNetClassifier("resnet50_gcn"), shape) / 2
+    assert 3.5e9 < plain < 4.3e9
+    assert abs(gcn - plain) / plain < 0.10

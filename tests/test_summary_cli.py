@@ -1,0 +1,35 @@
+"""`summary.py`, the model smoke check users run from the command line."""
+
+import os
+import re
+import subprocess
+import sys
+
+from gcn_jax.models import GCNSegmentation
+from gcn_jax.models.summary import abstract_variables, count_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "summary.py", "--config", "configs/voc.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_prints_params_flops_and_runs_a_forward_pass():
+    r = run("--config.model.backbone=resnet18", "--config.model.kernel_size=7", "--image_size=64,96")
+    assert r.returncode == 0, r.stderr
+    expected = count_params(abstract_variables(GCNSegmentation(21, "resnet18", kernel_size=7), (1, 64, 96, 3))["params"])
+    total = re.search(r"^total\s+([\d,]+)$", r.stdout, re.M)
+    assert total and int(total.group(1).replace(",", "")) == expected
+    gflops = float(re.search(r"forward at 1x64x96x3: ([\d.]+) GFLOPs", r.stdout).group(1))
+    assert gflops > 0
+    assert "output (1, 64, 96, 21) float32, finite=True" in r.stdout
+
+
+def test_bad_config_values_fail_before_any_compute():
+    r = run("--config.model.kernel_size=14", "--noforward")
+    assert r.returncode != 0
+    assert "kernel_size for res2 must be a positive odd integer" in r.stderr
+    r = run("--config.model.kernal_size=7")
+    assert r.returncode != 0 and "kernal_size" in r.stderr
