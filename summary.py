@@ -17,6 +17,11 @@ from gcn_jax.models import ResNetClassifier, build_model, summary
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("image_size", None, "Input 'H,W' (default: the config's crop_size, or 224 with --imagenet).")
+flags.register_validator(
+    "image_size",
+    lambda v: v is None or (len(v.split(",")) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in v.split(","))),
+    message="--image_size must be two positive integers 'H,W', e.g. --image_size=512,512",
+)
 flags.DEFINE_bool("imagenet", False, "Summarise the backbone as an ImageNet classifier (Table 6 comparison).")
 flags.DEFINE_bool("forward", True, "Also initialise the model and run one forward pass.")
 flags.mark_flags_as_required(["config"])

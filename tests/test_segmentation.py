@@ -97,6 +97,12 @@ def test_bad_settings_fail_at_construction(kwargs, match):
         GCNSegmentation(C, **{"backbone": "resnet18", **kwargs})
 
 
+def test_unbatched_images_are_rejected():
+    model = GCNSegmentation(C, "resnet18", kernel_size=3)
+    with pytest.raises(ValueError, match=r"images must be \(batch, height, width, channels\), got shape \(32, 32, 3\)"):
+        model.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
+
+
 def test_bfloat16_logits_close_to_float32():
     # Inference mode, as used for evaluation. (In train mode BN normalises with batch statistics; at random
     # initialisation such a deep BN network amplifies any perturbation, so a float32 run with input noise

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from gcn_jax.models import GCNSegmentation
 from gcn_jax.models.summary import abstract_variables, count_params
 
@@ -16,6 +18,7 @@ def run(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_prints_params_flops_and_runs_a_forward_pass():
     r = run("--config.model.backbone=resnet18", "--config.model.kernel_size=7", "--image_size=64,96")
     assert r.returncode == 0, r.stderr
@@ -33,3 +36,5 @@ def test_bad_config_values_fail_before_any_compute():
     assert "kernel_size for res2 must be a positive odd integer" in r.stderr
     r = run("--config.model.kernal_size=7")
     assert r.returncode != 0 and "kernal_size" in r.stderr
+    r = run("--image_size=64x64")
+    assert r.returncode != 0 and "--image_size must be two positive integers" in r.stderr

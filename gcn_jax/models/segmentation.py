@@ -79,6 +79,8 @@ class GCNSegmentation(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):
+        if images.ndim != 4:
+            raise ValueError(f"images must be (batch, height, width, channels), got shape {images.shape}")
         height, width = images.shape[1:3]
         c = self.num_classes
         features = ResNet(self.backbone, self.frozen_bn, self.dtype, name="backbone")(images, train)
