@@ -38,8 +38,21 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], variables: Any
     return float(cost["flops"])
 
 
+# Decoder modules in the order data flows through them (Figure 2A).
+_DECODER_ORDER = [f"{p}_res{i}" for p in ("head", "br") for i in (2, 3, 4, 5)] + [
+    f"{p}_s{s}" for s in (16, 8, 4, 2, 1) for p in ("up", "br")]
+
+
+def _flow_rank(key: str) -> tuple:
+    if key.startswith("backbone"):
+        return (0, "" if key.endswith("stem") else key)
+    if key in _DECODER_ORDER:
+        return (1, _DECODER_ORDER.index(key))
+    return (2, key)
+
+
 def module_groups(params: Mapping) -> dict[str, int]:
-    """Parameter counts per top-level module, in order (backbone stages split out)."""
+    """Parameter counts per top-level module (backbone split by stage), in the order data flows."""
     groups: dict[str, int] = {}
     for path, leaf in traverse_util.flatten_dict(dict(params)).items():
         key = path[0]
@@ -47,7 +60,7 @@ def module_groups(params: Mapping) -> dict[str, int]:
             m = re.match(r"(layer\d)_\d+$", path[1])
             key = f"backbone/{m.group(1) if m else 'stem'}"
         groups[key] = groups.get(key, 0) + int(np.prod(np.shape(leaf)))
-    return groups
+    return dict(sorted(groups.items(), key=lambda kv: _flow_rank(kv[0])))
 
 
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
