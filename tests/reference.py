@@ -129,3 +129,56 @@ def torchvision_state_dict(depth: int, seed: int = 0, dtype=np.float32) -> dict[
     sd["fc.weight"] = rng.standard_normal((1000, inplanes)).astype(dtype) * 0.01
     sd["fc.bias"] = np.zeros(1000, dtype)
     return sd
+
+
+def torch_layout(kernel):
+    """flax conv kernel (kh, kw, I, O) -> torch (O, I, kh, kw)."""
+    return np.transpose(np.asarray(kernel, np.float64), (3, 2, 0, 1))
+
+
+def gcn_block(p, x):
+    """Figure 2B from a flax param dict: (kx1 -> 1xk) + (1xk -> kx1), 'same' padding, no bias."""
+    q = p["left_kx1"]["kernel"].shape[0] // 2
+    tall, wide = ((q, q), (0, 0)), ((0, 0), (q, q))
+    left = conv2d(conv2d(x, torch_layout(p["left_kx1"]["kernel"]), pad=tall), torch_layout(p["left_1xk"]["kernel"]),
+                  pad=wide)
+    right = conv2d(conv2d(x, torch_layout(p["right_1xk"]["kernel"]), pad=wide),
+                   torch_layout(p["right_kx1"]["kernel"]), pad=tall)
+    return left + right
+
+
+def boundary_refinement(p, s):
+    """Figure 2C: S + conv3x3(ReLU(conv3x3(S)))."""
+    r = relu(conv2d(s, torch_layout(p["conv1"]["kernel"]), pad=sym(1), bias=np.asarray(p["conv1"]["bias"])))
+    return s + conv2d(r, torch_layout(p["conv2"]["kernel"]), pad=sym(1), bias=np.asarray(p["conv2"]["bias"]))
+
+
+def upsample2x(kernel, x, target):
+    """Stride-2 transposed convolution written as a scatter: coarse pixel (i, j) adds kernel[a, b] (I -> O) to
+    fine pixel (2i + c - a, 2j + c - b), c = k // 2 (so an odd kernel's centre tap lands on 2i). The input
+    is first edge-extended by one pixel at the bottom/right; the result is cropped to `target`."""
+    kernel = np.asarray(kernel, np.float64)
+    k = kernel.shape[0]
+    c = k // 2
+    x = np.concatenate([x, x[:, -1:]], 1)
+    x = np.concatenate([x, x[:, :, -1:]], 2)
+    n, h, w, _ = x.shape
+    y = np.zeros((n, 2 * h + 2 * k, 2 * w + 2 * k, kernel.shape[3]))  # offset k so negative indices fit
+    for i in range(h):
+        for j in range(w):
+            for a in range(k):
+                for b in range(k):
+                    y[:, k + 2 * i + c - a, k + 2 * j + c - b] += x[:, i, j] @ kernel[a, b]
+    return y[:, k : k + target[0], k : k + target[1]]
+
+
+def gcn_decoder(params, features, height, width):
+    """Figure 2A's decoder from a flax param dict of GCNSegmentation, on the four backbone features."""
+    s = [boundary_refinement(params[f"br_res{i}"], gcn_block(params[f"head_res{i}"], np.asarray(f, np.float64)))
+         for i, f in zip((2, 3, 4, 5), features)]
+    y = s[3]
+    for skip, stride in ((s[2], 16), (s[1], 8), (s[0], 4)):
+        y = boundary_refinement(params[f"br_s{stride}"],
+                                upsample2x(params[f"up_s{stride}"]["kernel"], y, skip.shape[1:3]) + skip)
+    y = boundary_refinement(params["br_s2"], upsample2x(params["up_s2"]["kernel"], y, (-(-height // 2), -(-width // 2))))
+    return boundary_refinement(params["br_s1"], upsample2x(params["up_s1"]["kernel"], y, (height, width)))

@@ -141,9 +141,10 @@ def test_deconv_crops_to_target_and_rejects_impossible_targets():
 
 
 def test_even_deconv_kernel_is_shifted_by_a_quarter_pixel():
-    # The documented reason for the odd default: FCN's 4-tap kernel samples coarse position i + 1/4 at 2i.
+    # The documented reason for the odd default: the 4-tap kernel, as PyTorch's ConvTranspose2d(4, 2, 1) and
+    # FCN use it, samples coarse position i - 1/4 at output pixel 2i.
     x = np.arange(8, dtype=np.float32)[None, :, None, None] * np.ones((1, 1, 3, 1), np.float32)
     up = Deconv2x(1, kernel_size=4)
     v = up.init(jax.random.key(0), x, (16, 6))
     y = np.asarray(up.apply(v, x, (16, 6)))[0, :, 1, 0]
-    np.testing.assert_allclose(y[2:12:2], np.arange(1, 6) + 0.25, atol=1e-5)
+    np.testing.assert_allclose(y[2:14:2], np.arange(1, 7) - 0.25, atol=1e-5)

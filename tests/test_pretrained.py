@@ -10,7 +10,15 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from gcn_jax.models import GCNSegmentation, ResNet, WeightImportError, export_state_dict, load_backbone
+from gcn_jax.models import (
+    IGNORE_BN_COUNTERS,
+    GCNSegmentation,
+    ResNet,
+    ResNetClassifier,
+    WeightImportError,
+    export_state_dict,
+    load_backbone,
+)
 from gcn_jax.models.summary import abstract_variables
 from tests.reference import resnet_forward, torchvision_state_dict
 
@@ -75,6 +83,29 @@ def test_imported_network_computes_torchvision_activations(tmp_path, depth):
     for g, w in zip(got, want):
         assert g.shape == w.shape
         np.testing.assert_allclose(np.asarray(g), w, rtol=2e-4, atol=2e-4 * np.abs(w).max())
+
+
+def test_imagenet_classifier_imports_whole_state_dict(tmp_path):
+    x = np.random.default_rng(2).standard_normal((2, 40, 36, 3)).astype(np.float32)
+    sd = torchvision_state_dict(18, seed=4)
+    model = ResNetClassifier("resnet18")
+    variables = abstract_variables(model, x.shape)
+    loaded = load_backbone(variables, save(sd, tmp_path / "w.safetensors"), root=(), ignore=IGNORE_BN_COUNTERS)
+    logits = np.asarray(model.apply(loaded, x))
+    pooled = resnet_forward(sd, 18, x)[-1].mean(axis=(1, 2))
+    np.testing.assert_allclose(logits, pooled @ sd["fc.weight"].T + sd["fc.bias"], rtol=2e-4, atol=1e-5)
+    assert set(export_state_dict(loaded, root=())) == {k for k in sd if "num_batches_tracked" not in k}
+
+
+def test_bfloat16_files_load_as_float32(tmp_path):
+    import ml_dtypes
+
+    sd = {k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v for k, v in torchvision_state_dict(18).items()}
+    variables = abstract_variables(ResNet("resnet18"), (1, 32, 32, 3))
+    loaded = load_backbone(variables, save(sd, tmp_path / "bf16.safetensors"), root=())
+    got = loaded["params"]["layer1_0"]["conv1"]["kernel"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.transpose(sd["layer1.0.conv1.weight"].astype(np.float32), (2, 3, 1, 0)))
 
 
 def test_heads_keep_their_initialisation(tmp_path):

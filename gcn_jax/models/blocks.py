@@ -142,9 +142,10 @@ class Deconv2x(nn.Module):
     Alignment. The ResNet features are corner-aligned: pixel i of a stride-S map sits on input pixel S*i (see
     resnet.py). With an odd kernel (default 3, taps 0.5 / 1 / 0.5) output pixel 2i lands exactly on input
     pixel i and 2i+1 halfway to i+1, preserving that alignment at every stage. An even kernel (4, the FCN
-    choice, made for half-pixel-aligned VGG features) centres its taps between pixels and shifts the map by a
-    quarter of a coarse pixel per stage, about 15 input pixels over the five upsamplings; it is available
-    (`kernel_size=4`) for comparison.
+    choice, made for half-pixel-aligned VGG features) centres its taps between pixels: `kernel_size=4`
+    computes what PyTorch's ConvTranspose2d(4, stride=2, padding=1) computes, where output 2i samples coarse
+    position i - 1/4, so every stage shifts the map by a quarter of a coarse pixel, about 15 input pixels
+    over the five upsamplings. It is available for comparison.
 
     `target` gives the output height and width (at most twice the input's); the upsampled map is cropped to
     it at the bottom/right. The input is edge-replicated by one pixel at the bottom/right first, so the last
@@ -165,7 +166,7 @@ class Deconv2x(nn.Module):
             raise ValueError(f"Deconv2x cannot map {(h, w)} to {tuple(target)}: the target must be 1-2x the input")
         kernel = self.param("kernel", lambda *_: jnp.asarray(bilinear_kernel(k, self.features)))
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-        lo = (k - 1) // 2
+        lo = k // 2  # output o = sum_t kernel[t] * dilated[o + t - lo]: tap k//2 lands on o
         hi = max(0, k - 2 - lo)
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1),

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-DEFAULT_IGNORE = ("fc.*", "*num_batches_tracked")
+IGNORE_BN_COUNTERS = ("*num_batches_tracked",)
+# A segmentation backbone has no ImageNet classifier: the file's `fc.*` is expected and left unused.
+DEFAULT_IGNORE = ("fc.*", *IGNORE_BN_COUNTERS)
 
 
 class WeightImportError(ValueError):
@@ -171,7 +173,7 @@ def load_backbone(
             want = _to_torch(np.empty(shape, np.uint8), transform).shape
             mismatched.append(f"{name}: file has {tuple(array.shape)}, model expects {tuple(want)}")
             continue
-        if not np.issubdtype(array.dtype, np.floating):
+        if not jnp.issubdtype(array.dtype, jnp.floating):  # numpy alone does not know bfloat16
             mismatched.append(f"{name}: file has dtype {array.dtype}, expected a floating-point tensor")
             continue
         loaded[collection][path] = jnp.asarray(converted, jnp.float32)

@@ -217,7 +217,9 @@ class ResNetClassifier(nn.Module):
     """A ResNet with torchvision's ImageNet head (global average pool + `fc`), returning float32 logits.
 
     For ImageNet pretraining of the ResNet-GCN backbone (Table 6) and for checking parameter counts against
-    torchvision; the segmentation network uses `ResNet` alone.
+    torchvision; the segmentation network uses `ResNet` alone. The trunk shares this module's scope, so the
+    variable tree is torchvision's (`conv1`, `layer1_0`, ..., `fc`) and a whole ImageNet state dict, classifier
+    included, loads with `load_backbone(variables, path, root=(), ignore=IGNORE_BN_COUNTERS)`.
     """
 
     arch: str = "resnet50"
@@ -225,12 +227,15 @@ class ResNetClassifier(nn.Module):
     frozen_bn: bool = False
     dtype: Any = jnp.float32
 
-    @nn.compact
+    def setup(self):
+        self.trunk = ResNet(self.arch, self.frozen_bn, self.dtype)
+        nn.share_scope(self, self.trunk)
+        self.fc = nn.Dense(self.num_classes, dtype=self.dtype)
+
     def __call__(self, x, train: bool = False):
-        features = ResNet(self.arch, self.frozen_bn, self.dtype, name="backbone")(x, train)
+        features = self.trunk(x, train)
         pooled = jnp.mean(features[-1], axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
-        return logits.astype(jnp.float32)
+        return self.fc(pooled).astype(jnp.float32)
 
 
 def stage_block_counts(name: str) -> Sequence[int]:

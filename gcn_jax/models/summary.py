@@ -55,10 +55,14 @@ def module_groups(params: Mapping) -> dict[str, int]:
     """Parameter counts per top-level module (backbone split by stage), in the order data flows."""
     groups: dict[str, int] = {}
     for path, leaf in traverse_util.flatten_dict(dict(params)).items():
-        key = path[0]
-        if key == "backbone" and len(path) > 1:
-            m = re.match(r"(layer\d)_\d+$", path[1])
-            key = f"backbone/{m.group(1) if m else 'stem'}"
+        trunk = path[1:] if path[0] == "backbone" else path  # a bare ResNet / classifier is not nested
+        stage = re.match(r"(layer\d)_\d+$", trunk[0])
+        if stage:
+            key = f"backbone/{stage.group(1)}"
+        elif trunk[0] in ("conv1", "bn1"):
+            key = "backbone/stem"
+        else:
+            key = path[0]
         groups[key] = groups.get(key, 0) + int(np.prod(np.shape(leaf)))
     return dict(sorted(groups.items(), key=lambda kv: _flow_rank(kv[0])))
 
