@@ -21,7 +21,6 @@ stride S has ceil(H/S) x ceil(W/S) pixels for any input size H x W.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -47,10 +46,6 @@ RESNET_SPECS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 RESNET_GCN_STAGES: dict[int, tuple[int, int]] = {2: (5, 85), 3: (7, 128)}
 
 STAGE_WIDTHS = (64, 128, 256, 512)
-
-
-def backbone_names() -> tuple[str, ...]:
-    return tuple(RESNET_SPECS)
 
 
 def stage_channels(name: str) -> tuple[int, int, int, int]:
@@ -236,7 +231,3 @@ class ResNetClassifier(nn.Module):
         features = self.trunk(x, train)
         pooled = jnp.mean(features[-1], axis=(1, 2))
         return self.fc(pooled).astype(jnp.float32)
-
-
-def stage_block_counts(name: str) -> Sequence[int]:
-    return _spec(name)[1]
