@@ -21,6 +21,7 @@ from gcn_jax.models.segmentation import GCNSegmentation, build_model
 
 __all__ = [
     "HEAD_KINDS", "IGNORE_BN_COUNTERS", "RESNET_SPECS", "BoundaryRefinement", "Deconv2x", "GCNBottleneck",
-    "GCNSegmentation", "GlobalConvBlock", "ResNet", "ResNetClassifier", "StackedConvHead", "WeightImportError", "bilinear_kernel",
-    "build_model", "export_state_dict", "load_backbone", "make_head", "read_state_dict", "stage_channels",
+    "GCNSegmentation", "GlobalConvBlock", "ResNet", "ResNetClassifier", "StackedConvHead", "WeightImportError",
+    "bilinear_kernel", "build_model", "export_state_dict", "load_backbone", "make_head", "read_state_dict",
+    "stage_channels",
 ]

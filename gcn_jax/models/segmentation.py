@@ -12,6 +12,14 @@ from gcn_jax.models.blocks import HEAD_KINDS, BoundaryRefinement, Deconv2x, chec
 from gcn_jax.models.resnet import RESNET_SPECS, ResNet
 
 STAGES = ("res2", "res3", "res4", "res5")
+UPSAMPLE_STRIDES = (16, 8, 4, 2, 1)  # output stride after each of the five deconvolutions
+# Top-level modules in the order data flows through them; __call__ names its modules from the same parts.
+MODULE_ORDER = (
+    "backbone",
+    *(f"head_{s}" for s in STAGES),
+    *(f"br_{s}" for s in STAGES),
+    *(f"{kind}_s{stride}" for stride in UPSAMPLE_STRIDES for kind in ("up", "br")),
+)
 
 
 class GCNSegmentation(nn.Module):
@@ -94,37 +102,32 @@ class GCNSegmentation(nn.Module):
                              dtype=self.dtype, name=f"head_{stage}")
             scores.append(refine(head(f), f"br_{stage}"))
 
+        # Coarse to fine: res-4, res-3 and res-2 scores are added after the first three deconvolutions; the
+        # last two reach stride 2 and the input resolution.
+        skips = [scores[2], scores[1], scores[0], None, None]
+        targets = [s.shape[1:3] for s in scores[2::-1]] + [(-(-height // 2), -(-width // 2)), (height, width)]
         x = scores[3]
-        for skip, stride in zip(scores[2::-1], (16, 8, 4)):  # res-4, res-3, res-2
-            x = Deconv2x(c, self.deconv_kernel_size, self.dtype, name=f"up_s{stride}")(x, skip.shape[1:3])
-            x = refine(x + skip, f"br_s{stride}")
-        half = (-(-height // 2), -(-width // 2))
-        x = Deconv2x(c, self.deconv_kernel_size, self.dtype, name="up_s2")(x, half)
-        x = refine(x, "br_s2")
-        x = Deconv2x(c, self.deconv_kernel_size, self.dtype, name="up_s1")(x, (height, width))
-        x = refine(x, "br_s1")
+        for stride, skip, target in zip(UPSAMPLE_STRIDES, skips, targets):
+            x = Deconv2x(c, self.deconv_kernel_size, self.dtype, name=f"up_s{stride}")(x, target)
+            x = refine(x if skip is None else x + skip, f"br_s{stride}")
         return x.astype(jnp.float32)
 
 
-def build_model(model_config, dtype: Any | None = None) -> GCNSegmentation:
+def build_model(model_config) -> GCNSegmentation:
     """The network described by a config's `model` section (see configs/default.py)."""
     cfg = model_config
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    name = dtype or cfg.get("dtype", "float32")
-    if isinstance(name, str):
-        if name not in dtypes:
-            raise ValueError(f"model.dtype must be one of {sorted(dtypes)}, got {name!r}")
-        name = dtypes[name]
-    stage_k = tuple(cfg.get("stage_kernel_sizes", ()) or ())
+    if cfg.dtype not in dtypes:
+        raise ValueError(f"model.dtype must be one of {sorted(dtypes)}, got {cfg.dtype!r}")
     return GCNSegmentation(
         num_classes=cfg.num_classes,
         backbone=cfg.backbone,
         head=cfg.head,
-        kernel_size=stage_k if stage_k else cfg.kernel_size,
-        stack_width=cfg.get("stack_width") or None,
-        head_use_bias=cfg.get("head_use_bias", False),
+        kernel_size=tuple(cfg.stage_kernel_sizes) or cfg.kernel_size,
+        stack_width=cfg.stack_width,
+        head_use_bias=cfg.head_use_bias,
         use_br=cfg.use_br,
-        deconv_kernel_size=cfg.get("deconv_kernel_size", 3),
-        frozen_bn=cfg.get("frozen_bn", False),
-        dtype=name,
+        deconv_kernel_size=cfg.deconv_kernel_size,
+        frozen_bn=cfg.frozen_bn,
+        dtype=dtypes[cfg.dtype],
     )

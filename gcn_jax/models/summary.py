@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gcn_jax.models.segmentation import MODULE_ORDER
+
 
 def count_params(tree: Any) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
@@ -38,16 +40,11 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], variables: Any
     return float(cost["flops"])
 
 
-# Decoder modules in the order data flows through them (Figure 2A).
-_DECODER_ORDER = [f"{p}_res{i}" for p in ("head", "br") for i in (2, 3, 4, 5)] + [
-    f"{p}_s{s}" for s in (16, 8, 4, 2, 1) for p in ("up", "br")]
-
-
 def _flow_rank(key: str) -> tuple:
     if key.startswith("backbone"):
         return (0, "" if key.endswith("stem") else key)
-    if key in _DECODER_ORDER:
-        return (1, _DECODER_ORDER.index(key))
+    if key in MODULE_ORDER:
+        return (1, MODULE_ORDER.index(key))
     return (2, key)
 
 
