@@ -100,7 +100,8 @@ def test_imagenet_classifier_imports_whole_state_dict(tmp_path):
 def test_bfloat16_files_load_as_float32(tmp_path):
     import ml_dtypes
 
-    sd = {k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v for k, v in torchvision_state_dict(18).items()}
+    sd = torchvision_state_dict(18)
+    sd = {k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v for k, v in sd.items()}
     variables = abstract_variables(ResNet("resnet18"), (1, 32, 32, 3))
     loaded = load_backbone(variables, save(sd, tmp_path / "bf16.safetensors"), root=())
     got = loaded["params"]["layer1_0"]["conv1"]["kernel"]

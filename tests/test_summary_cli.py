@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gcn_jax.models import GCNSegmentation
-from gcn_jax.models.summary import abstract_variables, count_params
+from gcn_jax.models.summary import abstract_variables, count_params, forward_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,11 +22,13 @@ def run(*args):
 def test_prints_params_flops_and_runs_a_forward_pass():
     r = run("--config.model.backbone=resnet18", "--config.model.kernel_size=7", "--image_size=64,96")
     assert r.returncode == 0, r.stderr
-    expected = count_params(abstract_variables(GCNSegmentation(21, "resnet18", kernel_size=7), (1, 64, 96, 3))["params"])
+    model, shape = GCNSegmentation(21, "resnet18", kernel_size=7), (1, 64, 96, 3)
+    expected = count_params(abstract_variables(model, shape)["params"])
     total = re.search(r"^total\s+([\d,]+)$", r.stdout, re.M)
     assert total and int(total.group(1).replace(",", "")) == expected
-    gflops = float(re.search(r"forward at 1x64x96x3: ([\d.]+) GFLOPs", r.stdout).group(1))
-    assert gflops > 0
+    gflops = re.search(r"forward at 1x64x96x3: ([\d.]+) GFLOPs \(XLA\), ([\d.]+) G multiply-adds", r.stdout)
+    flops = forward_flops(model, shape)
+    assert gflops.groups() == (f"{flops / 1e9:.2f}", f"{flops / 2e9:.2f}")
     assert "output (1, 64, 96, 21) float32, finite=True" in r.stdout
 
 
