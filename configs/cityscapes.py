@@ -1,4 +1,4 @@
-"""Cityscapes: 19 classes, k=25 (an 800x800 crop gives a 25x25 res-5 map), 800x800 crops."""
+"""Cityscapes (fine): 19 classes, k=25 (an 800x800 crop gives a 25x25 res-5 map), 800x800 crops."""
 
 from configs import default
 
@@ -9,4 +9,6 @@ def get_config():
     config.model.backbone = "resnet152"
     config.model.kernel_size = 25
     config.crop_size = 800
+    config.data.name = "cityscapes_fine"
+    config.data.eval_pad_size = (1024, 2048)
     return config

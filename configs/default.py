@@ -29,5 +29,24 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.frozen_bn = False  # backbone BN uses running statistics only
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
-    config.crop_size = 512  # training crop; the model summary uses it as its input size
+    config.crop_size = 512  # training crop (int or (height, width)); the model summary uses it as its input size
+    config.global_batch_size = 8  # examples per step over all processes (split evenly between them)
+    config.eval_batch_size = 8  # global batch of full-resolution validation images
+
+    # Input pipeline (gcn_jax/data). Datasets are tfds builders: voc_sbd/voc, voc_sbd/aug, cityscapes_fine,
+    # synthetic_shapes/default, synthetic_shapes/tiny.
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "voc_sbd/aug"
+    config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    # strong: random scale, pad, random crop, flip (+ jitter if photometric); paper: pad/crop and flip only.
+    config.data.augment = "strong"
+    config.data.scale_range = (0.5, 2.0)
+    config.data.photometric = False
+    config.data.eval_pad_size = (512, 512)  # every validation image is padded to this (VOC images are <= 500)
+    config.data.seed = 0  # shuffling and augmentation
+    config.data.worker_count = 2  # grain worker processes (0: in the main process)
+    config.data.worker_buffer_size = 2  # batches each worker prepares ahead
+    config.data.read_threads = 4  # threads reading and decoding records in each worker
     return config

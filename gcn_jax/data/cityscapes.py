@@ -1,0 +1,107 @@
+"""Cityscapes fine annotations (`cityscapes_fine`), read straight from the two official zips, without TensorFlow.
+
+tfds's own `cityscapes/semantic_segmentation` builder reads the same zips but lists and checks files with
+`tf.io.gfile`, so it cannot be built where TensorFlow is not installed (and tfds's default tfrecord output
+needs TensorFlow to write). This builder stores the same content: the left 8-bit images and the **label ids**
+(0-33) of `*_gtFine_labelIds.png`; the 19 train ids are applied in the input pipeline (`TRAIN_ID_LUT`), so
+the stored dataset stays the official one.
+
+    <manual_dir>/leftImg8bit_trainvaltest.zip   leftImg8bit/{train,val,test}/<city>/<id>_leftImg8bit.png
+    <manual_dir>/gtFine_trainvaltest.zip        gtFine/{train,val,test}/<city>/<id>_gtFine_labelIds.png
+
+Splits: train 2,975, validation 500, test 1,525 (test labels are not public; the zip's test masks are
+placeholders).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from gcn_jax.data import common
+
+IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
+LABELS_ZIP = "gtFine_trainvaltest.zip"
+
+# label id -> train id (the Cityscapes benchmark's 19 evaluated classes); every other id -> 255.
+LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+TRAIN_ID_LUT = np.full(256, common.IGNORE_LABEL, np.uint8)
+for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
+    TRAIN_ID_LUT[_label_id] = _train_id
+NUM_CLASSES = 19
+CLASS_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+               "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+               "bicycle")
+
+_IMAGE_RE = re.compile(r"^leftImg8bit/(train|val|test)/([^/]+)/([^/]+)_leftImg8bit\.png$")
+_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+
+def _image_members(names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """{split: [(image_id, member name), ...]} for the left images in the zip, sorted by id."""
+    found: dict[str, list[tuple[str, str]]] = {s: [] for s in _SPLITS.values()}
+    for name in names:
+        m = _IMAGE_RE.match(name)
+        if m:
+            found[m.group(1)].append((m.group(3), name))
+    return {s: sorted(v) for s, v in found.items()}
+
+
+class CityscapesFine(common.ArrayRecordBuilder):
+    """Cityscapes left images with their fine label-id masks (values 0-33)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+    Download {IMAGES_ZIP} and {LABELS_ZIP} from https://www.cityscapes-dataset.com/downloads/
+    (registration needed) and put both zips, unextracted, in manual_dir.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=common.segmentation_features("png"), homepage="https://www.cityscapes-dataset.com"
+        )
+
+    def _split_generators(self, dl_manager):
+        root = os.fspath(dl_manager.manual_dir)
+        zips = [os.path.join(root, IMAGES_ZIP), os.path.join(root, LABELS_ZIP)]
+        common.require_files(zips, "Cityscapes zip files", root, hint=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        with zipfile.ZipFile(zips[0]) as zi, zipfile.ZipFile(zips[1]) as zl:
+            images = _image_members(zi.namelist())
+            labels = set(zl.namelist())
+        if not any(images.values()):
+            raise common.MissingFilesError(f"{zips[0]} has no leftImg8bit/<split>/<city>/*_leftImg8bit.png files")
+        splits = {}
+        for split, folder in _SPLITS.items():
+            items = [(image_id, member, f"gtFine/{folder}/{member.split('/')[2]}/{image_id}_gtFine_labelIds.png")
+                     for image_id, member in images[folder]]
+            missing = [lab for _, _, lab in items if lab not in labels]
+            if missing:
+                raise common.MissingFilesError(
+                    f"{len(missing)} label files of the {split} split are missing from {zips[1]}, e.g. "
+                    + ", ".join(missing[:5])
+                )
+            if items:
+                splits[split] = self._generate_examples(zips[0], zips[1], items)
+        return splits
+
+    def _generate_examples(self, images_zip, labels_zip, items):
+        with zipfile.ZipFile(images_zip) as zi, zipfile.ZipFile(labels_zip) as zl:
+            for image_id, image_member, label_member in items:
+                name = f"{labels_zip}:{label_member}"
+                mask = common.read_index_png(zl.read(label_member), name)
+                image = zi.read(image_member)
+                if mask.shape != _png_size(image):
+                    raise ValueError(f"{name}: label is {mask.shape} but the image is {_png_size(image)} (h, w)")
+                yield image_id, {"image": image, "label": common.mask_image(mask), "image_id": image_id}
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR chunk, without decoding the image."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG file")
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")

@@ -1,0 +1,109 @@
+"""Pieces shared by the tfds builders: the array_record default, label-mask I/O, missing-file errors, colours.
+
+Every builder stores the same three features, so the input pipeline reads all datasets alike:
+``image`` (uint8, (height, width, 3)), ``label`` (uint8 class indices, (height, width, 1), 255 = ignore)
+and ``image_id`` (the dataset's own file stem). Masks are re-encoded as single-channel PNGs of the indices,
+so any decoder (OpenCV or PIL) reads back exactly the stored indices; a palette PNG decoded by OpenCV would
+come back as RGB colours instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+IGNORE_LABEL = 255
+
+
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
+    """Writes array_record (random access, read by grain without TensorFlow) unless told otherwise.
+
+    tfds's default, tfrecord, needs TensorFlow to write and cannot be read by index.
+    """
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+
+def segmentation_features(image_format: str = "jpeg") -> tfds.features.FeaturesDict:
+    """The features of every builder; ``image_format`` is that of the stored image bytes (kept as they come)."""
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
+            "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "image_id": tfds.features.Text(),
+        }
+    )
+
+
+def mask_image(indices: np.ndarray) -> Image.Image:
+    """A (height, width) uint8 index array as a single-channel PIL image (tfds encodes it to PNG without TF)."""
+    indices = np.asarray(indices)
+    if indices.ndim != 2 or indices.dtype != np.uint8:
+        raise ValueError(f"a label mask must be a 2-D uint8 array, got {indices.dtype} {indices.shape}")
+    return Image.fromarray(indices, mode="L")
+
+
+def read_index_png(data: bytes | str | os.PathLike, name: str) -> np.ndarray:
+    """Reads a label PNG as its stored indices: palette ('P') images give the palette indices, never colours.
+
+    ``name`` is the file named in errors (the path, or the member of a zip file).
+    """
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        if img.mode not in ("P", "L"):
+            raise ValueError(
+                f"{name}: label PNG has mode {img.mode!r}; expected a palette ('P') or 8-bit grayscale ('L') "
+                "image of class indices"
+            )
+        return np.array(img, dtype=np.uint8)
+
+
+def check_values(mask: np.ndarray, allowed: Iterable[int], name: str) -> None:
+    bad = np.setdiff1d(np.unique(mask), np.asarray(sorted(allowed)))
+    if bad.size:
+        raise ValueError(f"{name}: label values {bad.tolist()} are not classes of this dataset")
+
+
+class MissingFilesError(FileNotFoundError):
+    """Files a builder needs are not where the dataset's layout puts them."""
+
+
+def require_files(paths: Sequence[str], what: str, where: str, hint: str = "") -> None:
+    """Raises one MissingFilesError naming the missing files (up to 10), their count and the expected place."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if not missing:
+        return
+    shown = "\n  ".join(missing[:10])
+    more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise MissingFilesError(
+        f"{len(missing)} of {len(paths)} {what} missing; they should be in {where}:\n  {shown}{more}"
+        + (f"\n{hint}" if hint else "")
+    )
+
+
+def pascal_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map, (n, 3) uint8: class i's colour is built from the bits of i."""
+    palette = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """Class-index mask (height, width) -> RGB (height, width, 3); 255 (ignore) is drawn white."""
+    palette = pascal_palette() if palette is None else palette
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = palette[:256]
+    lut[IGNORE_LABEL] = (255, 255, 255)
+    return lut[np.asarray(mask, np.uint8)]

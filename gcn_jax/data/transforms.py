@@ -1,0 +1,138 @@
+"""Per-example transforms of the input pipeline, as grain transforms over numpy arrays.
+
+Training (`TrainTransform`), in this order: label ids -> train ids (Cityscapes); random scale (image
+bilinear, label nearest); a random crop of the image padded at the bottom/right to at least the crop size;
+horizontal flip; optional photometric jitter; ImageNet mean/std normalization. Padding is 0 in the
+normalized image (the mean colour) and 255 (ignore) in the label, so padded pixels never count in the loss.
+Mode ``paper`` is the paper's recipe: no scaling and no jitter, only padding to the crop size (and a random
+crop where an image is larger, as for Cityscapes' 800x800 crops) and the flip.
+
+Evaluation (`EvalTransform`): no augmentation, full resolution, padded to one fixed shape with a validity mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import grain
+import numpy as np
+
+from gcn_jax.data.common import IGNORE_LABEL
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+AUGMENT_MODES = ("strong", "paper")
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 or float RGB in [0, 255] -> float32, ImageNet mean/std per channel."""
+    return (np.asarray(image, np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """Inverse of `normalize`, back to uint8 RGB (for looking at batches)."""
+    return np.clip(np.asarray(image) * IMAGENET_STD + IMAGENET_MEAN, 0, 255).round().astype(np.uint8)
+
+
+def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resizes by ``scale`` (output size rounded, at least 1): the image bilinearly, the label by nearest."""
+    h, w = label.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # OpenCV wants (width, height)
+    if size == (w, h):
+        return image, label
+    return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+
+
+def crop_window(image: np.ndarray, label: np.ndarray, top: int, left: int,
+                size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``size`` window at (top, left) of the image padded at the bottom/right: pixels outside the image are
+    0 in the image and 255 in the label. Also used with top = left = 0 to pad only."""
+    ch, cw = size
+    h, w = label.shape
+    out_image = np.zeros((ch, cw, image.shape[-1]), image.dtype)
+    out_label = np.full((ch, cw), IGNORE_LABEL, label.dtype)
+    vh, vw = max(0, min(ch, h - top)), max(0, min(cw, w - left))
+    out_image[:vh, :vw] = image[top:top + vh, left:left + vw]
+    out_label[:vh, :vw] = label[top:top + vh, left:left + vw]
+    return out_image, out_label
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness (±32), contrast and saturation (×0.5-1.5), each applied with probability 1/2, on a
+    float32 RGB image in [0, 255]."""
+    image = image.astype(np.float32)
+    if rng.random() < 0.5:
+        image = image + rng.uniform(-32, 32)
+    if rng.random() < 0.5:
+        image = image * rng.uniform(0.5, 1.5)
+    if rng.random() < 0.5:
+        gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
+        image = gray[..., None] + (image - gray[..., None]) * rng.uniform(0.5, 1.5)
+    return np.clip(image, 0, 255)
+
+
+def _decoded(element: dict, label_lut: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    label = element["label"][..., 0]
+    if label_lut is not None:
+        label = label_lut[label]
+    return element["image"], label
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """Decoded tfds example -> {'image': float32 (crop_h, crop_w, 3), 'label': int32 (crop_h, crop_w),
+    'index': int32 record index}."""
+
+    def __init__(self, crop_size: Sequence[int], mode: str = "strong", scale_range: Sequence[float] = (0.5, 2.0),
+                 photometric: bool = False, label_lut: np.ndarray | None = None):
+        if mode not in AUGMENT_MODES:
+            raise ValueError(f"augment mode {mode!r}: expected one of {AUGMENT_MODES}")
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range {tuple(scale_range)}: expected 0 < min <= max")
+        self.crop_size = tuple(int(c) for c in crop_size)
+        self.mode, self.scale_range, self.photometric, self.label_lut = mode, (lo, hi), photometric, label_lut
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        image, label = _decoded(element, self.label_lut)
+        strong = self.mode == "strong"
+        if strong:
+            image, label = rescale(image, label, rng.uniform(*self.scale_range))
+        (h, w), (ch, cw) = label.shape, self.crop_size
+        top, left = rng.integers(0, max(h, ch) - ch + 1), rng.integers(0, max(w, cw) - cw + 1)
+        image, label = crop_window(image, label, top, left, self.crop_size)
+        # Jitter and normalize the image's own pixels only: the padding stays 0, the mean colour once normalized.
+        valid = (slice(0, min(ch, h - top)), slice(0, min(cw, w - left)))
+        image = image.astype(np.float32)
+        if strong and self.photometric:
+            image[valid] = photometric_jitter(image[valid], rng)
+        image[valid] = normalize(image[valid])
+        if rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(label, dtype=np.int32),
+                "index": np.int32(element["index"])}
+
+
+class EvalTransform(grain.transforms.Map):
+    """Decoded tfds example -> the full-resolution image padded to ``pad_size``: {'image': float32
+    (pad_h, pad_w, 3), 'label': int32 (pad_h, pad_w), 'mask': bool, true on the image's own pixels and false on
+    padding and on padding examples, 'height'/'width': the image's size, 'index': record index, -1 for padding}."""
+
+    def __init__(self, pad_size: Sequence[int], label_lut: np.ndarray | None = None):
+        self.pad_size, self.label_lut = tuple(int(p) for p in pad_size), label_lut
+
+    def map(self, element: dict) -> dict:
+        image, label = _decoded(element, self.label_lut)
+        h, w = label.shape
+        if h > self.pad_size[0] or w > self.pad_size[1]:
+            raise ValueError(
+                f"image {element['image_id']!r} is {h}x{w} (height x width), larger than the evaluation pad size "
+                f"{self.pad_size[0]}x{self.pad_size[1]}; raise eval_pad_size"
+            )
+        image, label = crop_window(normalize(image), label, 0, 0, self.pad_size)
+        real = element["index"] >= 0
+        mask = np.zeros(self.pad_size, bool)
+        mask[:h, :w] = real
+        return {"image": image, "label": label.astype(np.int32), "mask": mask, "index": np.int32(element["index"]),
+                "height": np.int32(h if real else 0), "width": np.int32(w if real else 0)}
