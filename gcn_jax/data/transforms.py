@@ -41,8 +41,10 @@ def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndar
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # OpenCV wants (width, height)
     if size == (w, h):
         return image, label
+    # INTER_NEAREST_EXACT samples at pixel centres, as INTER_LINEAR does; OpenCV's INTER_NEAREST does not and
+    # would shift the label against the image by up to half a source pixel.
     return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT))
 
 
 def crop_window(image: np.ndarray, label: np.ndarray, top: int, left: int,

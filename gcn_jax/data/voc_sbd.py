@@ -64,8 +64,8 @@ class VocSbd(common.ArrayRecordBuilder):
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Put the extracted archives in manual_dir:
-      VOCtrainvaltest_11-May-2012.tar (or VOCtrainval_11-May-2012.tar) -> <manual_dir>/VOCdevkit/VOC2012/
-      SBD benchmark.tgz (only for voc_sbd/aug)                          -> <manual_dir>/benchmark_RELEASE/dataset/
+      VOCtrainval_11-May-2012.tar               -> <manual_dir>/VOCdevkit/VOC2012/
+      SBD benchmark.tgz (only for voc_sbd/aug) -> <manual_dir>/benchmark_RELEASE/dataset/
     """
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -1,0 +1,202 @@
+"""The tfds builders on fixture files in the real formats: split rules, exact masks, ids, errors."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import gcn_jax.data  # noqa: F401  (registers the builders)
+from gcn_jax.data import common, synthetic
+from gcn_jax.data.build import build
+from gcn_jax.data.pipeline import dataset_spec, eval_loader
+from tests import data_fixtures as fx
+
+
+def _by_id(source) -> dict:
+    return {ex["image_id"].decode(): ex for ex in (source[i] for i in range(len(source)))}
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("voc_raw"))
+    return root, fx.write_voc_sbd(root)
+
+
+@pytest.fixture(scope="module")
+def voc_built(voc_root, tmp_path_factory):
+    root, written = voc_root
+    data_dir = str(tmp_path_factory.mktemp("voc_tfds"))
+    for config in ("voc", "aug"):
+        build(f"voc_sbd/{config}", manual_dir=root, data_dir=data_dir)
+    return data_dir, written
+
+
+def test_voc_splits_follow_the_lists(voc_built):
+    data_dir, _ = voc_built
+    src = tfds.builder("voc_sbd/voc", data_dir=data_dir).as_data_source()
+    assert sorted(_by_id(src["train"])) == sorted(fx.VOC_TRAIN)
+    assert sorted(_by_id(src["validation"])) == sorted(fx.VOC_VAL)
+
+
+def test_aug_train_is_voc_train_plus_sbd_minus_voc_val(voc_built):
+    data_dir, _ = voc_built
+    src = tfds.builder("voc_sbd/aug", data_dir=data_dir).as_data_source()
+    assert sorted(_by_id(src["train"])) == fx.AUG_TRAIN  # 6 of the 9 distinct ids; the VOC val ids are out
+    assert sorted(_by_id(src["validation"])) == sorted(fx.VOC_VAL)
+
+
+def test_masks_round_trip_exactly(voc_built):
+    """Palette PNG indices (with 0, several classes and 255) and SBD .mat values come back unchanged; an image
+    with a VOC annotation uses it, an SBD-only image its .mat."""
+    data_dir, written = voc_built
+    src = tfds.builder("voc_sbd/aug", data_dir=data_dir).as_data_source()
+    seen_sources = set()
+    for split in ("train", "validation"):
+        for image_id, ex in _by_id(src[split]).items():
+            if image_id in written["voc_masks"]:
+                expected, seen_sources = written["voc_masks"][image_id], seen_sources | {"voc"}
+                assert {0, 255} <= set(np.unique(expected).tolist()) and len(np.unique(expected)) >= 4
+            else:
+                expected, seen_sources = written["sbd_masks"][image_id], seen_sources | {"sbd"}
+            assert ex["label"].dtype == np.uint8 and ex["label"].shape == expected.shape + (1,)
+            np.testing.assert_array_equal(ex["label"][..., 0], expected, err_msg=image_id)
+            image = ex["image"]
+            assert image.shape == written["images"][image_id].shape and image.dtype == np.uint8
+            # The JPEG bytes are stored as they are: decoders (OpenCV here, PIL in the fixture) agree within 1-2.
+            np.testing.assert_allclose(image, written["images"][image_id], atol=2)
+    assert seen_sources == {"voc", "sbd"}
+
+
+def test_palette_png_is_read_as_indices_not_colours(tmp_path):
+    mask = np.array([[0, 1, 15], [255, 20, 7]], np.uint8)
+    png = Image.fromarray(mask, mode="P")
+    png.putpalette(common.pascal_palette().ravel().tolist())
+    png.save(tmp_path / "m.png")
+    np.testing.assert_array_equal(common.read_index_png(str(tmp_path / "m.png"), "m.png"), mask)
+    Image.fromarray(common.colorize(mask)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"rgb\.png.*mode 'RGB'"):
+        common.read_index_png(str(tmp_path / "rgb.png"), "rgb.png")
+
+
+def test_missing_files_are_named_with_their_place(voc_root, tmp_path):
+    root, _ = voc_root
+    broken = str(tmp_path / "raw")
+    shutil.copytree(root, broken)
+    sbd_cls = os.path.join(broken, "benchmark_RELEASE", "dataset", "cls")
+    os.remove(os.path.join(sbd_cls, "2008_000101.mat"))
+    with pytest.raises(common.MissingFilesError, match=r"1 of 6 train label files missing.*" + sbd_cls):
+        build("voc_sbd/aug", manual_dir=broken, data_dir=str(tmp_path / "out"))
+    build("voc_sbd/voc", manual_dir=broken, data_dir=str(tmp_path / "out"))  # does not need SBD
+    os.remove(os.path.join(broken, "VOCdevkit", "VOC2012", "ImageSets", "Segmentation", "val.txt"))
+    with pytest.raises(common.MissingFilesError, match=r"val\.txt"):
+        build("voc_sbd/voc", manual_dir=broken, data_dir=str(tmp_path / "out2"))
+    # The dataset built before the failures is still complete and readable.
+    assert len(tfds.builder("voc_sbd/voc", data_dir=str(tmp_path / "out")).as_data_source()["train"]) == 3
+
+
+def test_label_value_outside_the_classes_is_an_error(voc_root, tmp_path):
+    root, written = voc_root
+    broken = str(tmp_path / "raw")
+    shutil.copytree(root, broken)
+    image_id = fx.VOC_VAL[0]
+    bad = written["voc_masks"][image_id].copy()
+    bad[1, 1] = 37
+    png = Image.fromarray(bad, mode="P")
+    png.putpalette(common.pascal_palette().ravel().tolist())
+    path = os.path.join(broken, "VOCdevkit", "VOC2012", "SegmentationClass", image_id + ".png")
+    png.save(path)
+    with pytest.raises(ValueError, match=rf"{path}: label values \[37\]"):
+        build("voc_sbd/voc", manual_dir=broken, data_dir=str(tmp_path / "out"))
+
+
+def test_build_without_manual_dir_says_what_to_bring(tmp_path):
+    with pytest.raises(ValueError, match="(?s)pass --manual_dir.*VOCdevkit"):
+        build("voc_sbd/aug", data_dir=str(tmp_path))
+
+
+# Cityscapes: label id -> train id, from the Cityscapes benchmark's table (written out here independently).
+_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+              27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+@pytest.fixture(scope="module")
+def cityscapes_built(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cs_raw"))
+    written = fx.write_cityscapes_zips(root)
+    data_dir = str(tmp_path_factory.mktemp("cs_tfds"))
+    build("cityscapes_fine", manual_dir=root, data_dir=data_dir)
+    return data_dir, written
+
+
+def test_cityscapes_builds_from_the_zips(cityscapes_built):
+    data_dir, written = cityscapes_built
+    src = tfds.builder("cityscapes_fine", data_dir=data_dir).as_data_source()
+    for split, folder in (("train", "train"), ("validation", "val"), ("test", "test")):
+        got = _by_id(src[split])
+        assert sorted(got) == sorted(fx.CITYSCAPES_SPLITS[folder])
+        for image_id, ex in got.items():
+            np.testing.assert_array_equal(ex["image"], written["images"][image_id])  # PNG: lossless
+            np.testing.assert_array_equal(ex["label"][..., 0], written["label_ids"][image_id])  # label ids kept
+
+
+def test_cityscapes_pipeline_maps_every_label_id_to_its_train_id(cityscapes_built):
+    data_dir, written = cityscapes_built
+    src = tfds.builder("cityscapes_fine", data_dir=data_dir).as_data_source()["train"]
+    loader, _ = eval_loader(src, dataset_spec("cityscapes_fine"), pad_size=(16, 48), global_batch_size=len(src),
+                            process_index=0, process_count=1)
+    (batch,) = list(loader)
+    checked = set()
+    for row, index in enumerate(batch["index"]):
+        ids = written["label_ids"][src[int(index)]["image_id"].decode()]
+        h, w = ids.shape
+        got = batch["label"][row, :h, :w]
+        for label_id in range(34):
+            expected = _TRAIN_IDS.get(label_id, 255)
+            assert np.all(got[ids == label_id] == expected), f"label id {label_id}"
+            checked.add(label_id)
+    assert checked == set(range(34))
+
+
+def test_synthetic_is_deterministic_per_seed_and_differs_across_seeds():
+    cfg = synthetic.SyntheticShapes.BUILDER_CONFIGS[0]
+    other = synthetic.SyntheticShapesConfig(name="s1", seed=1)
+    for i in range(3):
+        a, b = synthetic.render(cfg, "train", i), synthetic.render(cfg, "train", i)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert not np.array_equal(a[0], synthetic.render(other, "train", i)[0])
+    assert not np.array_equal(synthetic.render(cfg, "train", 0)[1], synthetic.render(cfg, "validation", 0)[1])
+
+
+def test_synthetic_builds_identically_twice(tmp_path):
+    a = _by_id(build("synthetic_shapes/tiny", data_dir=str(tmp_path / "a")).as_data_source()["train"])
+    b = _by_id(build("synthetic_shapes/tiny", data_dir=str(tmp_path / "b")).as_data_source()["train"])
+    assert len(a) == 24 and a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k]["image"], b[k]["image"])
+        np.testing.assert_array_equal(a[k]["label"], b[k]["label"])
+        expected = synthetic.render(synthetic.SyntheticShapes.BUILDER_CONFIGS[1], "train", int(k.split("_")[1]))
+        np.testing.assert_array_equal(a[k]["label"][..., 0], expected[1])
+
+
+def test_synthetic_is_a_shape_task():
+    """All five shapes occur; sizes range from small to nearly image-filling; images hold several objects; the
+    colour of an object's pixels does not tell its class."""
+    cfg = synthetic.SyntheticShapes.BUILDER_CONFIGS[0]
+    labels, mean_colour = [], {c: [] for c in range(1, synthetic.NUM_CLASSES)}
+    for i in range(60):
+        image, label = synthetic.render(cfg, "train", i)
+        labels.append(label)
+        for c in np.unique(label[label > 0]):
+            mean_colour[int(c)].append(image[label == c].mean(axis=0))
+    classes_per_image = [len(np.unique(lab[lab > 0])) for lab in labels]
+    assert set(np.unique(np.stack(labels))) == set(range(synthetic.NUM_CLASSES))
+    assert max(classes_per_image) >= 3
+    fg = [np.mean(lab > 0) for lab in labels]
+    assert min(fg) < 0.02 and max(fg) > 0.5
+    # Per-class mean colours spread over most of the RGB range: colour is not a class cue.
+    for c, colours in mean_colour.items():
+        assert np.ptp(np.array(colours), axis=0).min() > 100, synthetic.CLASS_NAMES[c]

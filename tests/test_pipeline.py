@@ -1,0 +1,201 @@
+"""The grain pipeline: batch shapes, augmentation that keeps image and label aligned, multi-process sharding,
+evaluation coverage, and iterator state restore."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gcn_jax.data import common, pipeline, synthetic
+from gcn_jax.data.build import build
+from gcn_jax.data.transforms import EvalTransform, TrainTransform, crop_window, denormalize, normalize
+
+SPEC = pipeline.dataset_spec("synthetic_shapes/tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """synthetic_shapes/tiny: 24 train, 10 validation images of 48x64."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    src = build("synthetic_shapes/tiny", data_dir=data_dir).as_data_source()
+    return src["train"], src["validation"]
+
+
+def _train(source, **kw):
+    args = dict(crop_size=(40, 56), global_batch_size=4, seed=7, process_index=0, process_count=1)
+    return pipeline.train_loader(source, SPEC, **{**args, **kw})
+
+
+def test_train_batches_have_the_configured_shapes_and_label_values(tiny):
+    train, _ = tiny
+    for batch in itertools.islice(iter(_train(train, photometric=True)), 6):
+        assert batch["image"].shape == (4, 40, 56, 3) and batch["image"].dtype == np.float32
+        assert batch["label"].shape == (4, 40, 56) and batch["label"].dtype == np.int32
+        assert batch["index"].shape == (4,)
+        values = set(np.unique(batch["label"]).tolist())
+        assert values <= set(range(synthetic.NUM_CLASSES)) | {255}
+        # Normalized: padded pixels (label 255) are exactly 0, the rest spread around 0.
+        assert np.all(batch["image"][batch["label"] == 255] == 0)
+        assert np.abs(batch["image"]).max() < 3.0
+
+
+def _constructed_example(h=30, w=44):
+    """A label of distinct, asymmetric class regions and an image whose colour at each pixel is the colour of
+    its class, so alignment can be read off every output pixel."""
+    label = np.zeros((h, w), np.uint8)
+    label[3:12, 5:30] = 1
+    label[15:28, 2:9] = 2
+    label[18:26, 25:41] = 3
+    label[0:5, 36:44] = 255
+    colours = np.array([[10, 200, 30], [250, 20, 20], [20, 20, 250], [240, 240, 0]], np.uint8)
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:4] = colours
+    lut[255] = (128, 128, 128)
+    return {"image": lut[label], "label": label[..., None], "image_id": b"x", "index": 0}, lut
+
+
+@pytest.mark.parametrize("mode", ["strong", "paper"])
+def test_flip_crop_and_scale_keep_image_and_label_aligned(mode):
+    element, lut = _constructed_example()
+    t = TrainTransform((24, 40), mode=mode, scale_range=(0.6, 1.7))
+    flips, offsets = set(), set()
+    for seed in range(40):
+        out = t.random_map(element, np.random.default_rng(seed))
+        image, label = denormalize(out["image"]), out["label"]
+        pad = label == 255
+        # Interior pixels (label constant over the 3x3 neighbourhood) carry exactly their class colour.
+        lab = np.pad(label, 1, constant_values=255)  # pixels at the crop border are not interior
+        same = np.all([lab[1 + dy:lab.shape[0] - 1 + dy, 1 + dx:lab.shape[1] - 1 + dx] == label
+                       for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+        interior = same & (label != 255)
+        assert interior.sum() > 100
+        np.testing.assert_allclose(image[interior], lut[label[interior]], atol=1)
+        assert np.all(out["image"][pad & same & ~np.isin(image, lut[255]).all(-1)] == 0)
+        # Which way the class-2 block (left side of the source) ended up tells whether the crop was flipped.
+        cols = np.nonzero((label == 2).any(0))[0]
+        if cols.size:
+            flips.add(cols.mean() > label.shape[1] / 2)
+        offsets.add(tuple(np.argwhere(label == 1).min(0)) if (label == 1).any() else None)
+    assert flips == {False, True}
+    assert len(offsets) > 5
+
+
+def test_paper_mode_pads_without_scaling():
+    element, _ = _constructed_example(30, 44)
+    out = TrainTransform((48, 64), mode="paper").random_map(element, np.random.default_rng(0))
+    label = out["label"]
+    src = element["label"][..., 0]
+    flipped = not np.array_equal(label[:30, :44], src)
+    if flipped:  # the flip mirrors the whole padded crop: the image then sits at the right edge
+        np.testing.assert_array_equal(label[:30, 20:], src[:, ::-1])
+    else:
+        np.testing.assert_array_equal(label[:30, :44], src)
+    assert (label == 255).sum() == 48 * 64 - 30 * 44 + (src == 255).sum()
+    padding = np.ones((48, 64), bool)
+    if flipped:
+        padding[:30, 20:] = False
+    else:
+        padding[:30, :44] = False
+    np.testing.assert_array_equal(out["image"][padding], 0)
+
+
+def test_crop_window_pads_bottom_right_with_ignore():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) + 1
+    label = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+    img, lab = crop_window(image, label, 1, 1, (3, 3))
+    np.testing.assert_array_equal(lab, [[5, 6, 255], [255, 255, 255], [255, 255, 255]])
+    np.testing.assert_array_equal(img[0, :2], image[1, 1:])
+    assert np.all(img[1:] == 0) and np.all(img[0, 2] == 0)
+
+
+def test_normalize_uses_imagenet_statistics():
+    pixel = np.array([[[0.485 * 255, 0.456 * 255, 0.406 * 255]]], np.float32)
+    np.testing.assert_allclose(normalize(pixel), 0, atol=1e-6)
+    np.testing.assert_allclose(normalize(pixel + [[[0.229 * 255, 0.224 * 255, 0.225 * 255]]]), 1, atol=1e-6)
+
+
+def test_two_processes_read_disjoint_shards_that_cover_the_split(tiny):
+    train, _ = tiny
+    seen = []
+    for p in range(2):
+        it = iter(_train(train, global_batch_size=4, process_index=p, process_count=2))
+        epoch = [next(it) for _ in range(len(train) // 4)]  # one epoch of this process's 12 records, 2 at a time
+        assert all(b["image"].shape[0] == 2 for b in epoch)
+        idx = np.concatenate([b["index"] for b in epoch])
+        assert len(set(idx.tolist())) == len(idx) == len(train) // 2
+        seen.append(set(idx.tolist()))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(len(train)))
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_eval_covers_every_example_exactly_once(tiny, process_count):
+    _, val = tiny  # 10 records: with 3 processes blocks of 4, 3, 3
+    counts, batches = np.zeros(len(val), int), []
+    for p in range(process_count):
+        loader, num_batches = pipeline.eval_loader(val, SPEC, pad_size=(56, 72), global_batch_size=2 * process_count,
+                                                   process_index=p, process_count=process_count)
+        got = list(loader)
+        batches.append(len(got))
+        assert len(got) == num_batches
+        for b in got:
+            assert b["image"].shape == (2, 56, 72, 3) and b["mask"].shape == (2, 56, 72)
+            for row, index in enumerate(b["index"]):
+                if index < 0:  # padding example: nothing counts
+                    assert not b["mask"][row].any() and np.all(b["label"][row] == 255)
+                    continue
+                counts[index] += 1
+                ex = val[int(index)]
+                h, w = ex["label"].shape[:2]
+                assert b["mask"][row].sum() == h * w and b["mask"][row, :h, :w].all()
+                assert (b["height"][row], b["width"][row]) == (h, w)
+                np.testing.assert_array_equal(b["label"][row, :h, :w], ex["label"][..., 0])
+                np.testing.assert_allclose(b["image"][row, :h, :w], normalize(ex["image"]), atol=1e-6)
+    np.testing.assert_array_equal(counts, 1)
+    assert len(set(batches)) == 1  # every process runs the same number of batches
+
+
+def test_restored_iterator_state_gives_the_same_following_batches(tiny):
+    train, _ = tiny
+    it = iter(_train(train))
+    for _ in range(4):  # mid-epoch: 16 of 24 records
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(5)]  # runs into the second epoch
+    resumed = iter(_train(train))
+    resumed.set_state(state)
+    for a, b in zip(expected, [next(resumed) for _ in range(5)]):
+        for key in ("image", "label", "index"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_batches_do_not_depend_on_the_worker_count(tiny):
+    train, _ = tiny
+    in_process = list(itertools.islice(iter(_train(train, worker_count=0)), 3))
+    with_worker = list(itertools.islice(iter(_train(train, worker_count=1)), 3))
+    for a, b in zip(in_process, with_worker):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_bad_settings_are_clear_errors(tiny, tmp_path):
+    train, val = tiny
+    with pytest.raises(ValueError, match="global batch size 6 does not split evenly over 4 processes"):
+        _train(train, global_batch_size=6, process_index=0, process_count=4)
+    with pytest.raises(ValueError, match="augment mode 'heavy'"):
+        _train(train, augment="heavy")
+    with pytest.raises(ValueError, match="unknown dataset 'voc2012'"):
+        pipeline.dataset_spec("voc2012")
+    with pytest.raises(FileNotFoundError, match="(?s)voc_sbd/aug is not built.*gcn_jax.data.build voc_sbd/aug"):
+        pipeline.load_source("voc_sbd/aug", "train", str(tmp_path))
+    with pytest.raises(ValueError, match="has no split 'val'"):
+        pipeline.load_source("synthetic_shapes/tiny", "val", str(tmp_path))
+    element = {"image": np.zeros((48, 64, 3), np.uint8), "label": np.zeros((48, 64, 1), np.uint8),
+               "image_id": b"validation_000003", "index": 3}
+    with pytest.raises(ValueError, match="validation_000003.*48x64.*larger than the evaluation pad size 40x80"):
+        EvalTransform((40, 80)).map(element)
+
+
+def test_colorize_draws_classes_and_ignore():
+    rgb = common.colorize(np.array([[0, 1, 255]], np.uint8))
+    np.testing.assert_array_equal(rgb[0], [[0, 0, 0], [128, 0, 0], [255, 255, 255]])
