@@ -199,3 +199,31 @@ def test_bad_settings_are_clear_errors(tiny, tmp_path):
 def test_colorize_draws_classes_and_ignore():
     rgb = common.colorize(np.array([[0, 1, 255]], np.uint8))
     np.testing.assert_array_equal(rgb[0], [[0, 0, 0], [128, 0, 0], [255, 255, 255]])
+
+
+def test_show_data_writes_a_grid_of_examples_and_masks(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    cmd = [sys.executable, "tools/show_data.py", "--config", "configs/voc.py", "--num", "4", "--columns", "2",
+           "--out", str(out), "--config.data.name=synthetic_shapes/tiny", f"--config.data.data_dir={tmp_path}",
+           "--config.crop_size=40", "--config.data.worker_count=0"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote" in result.stdout and "4 train examples of synthetic_shapes/tiny, 40x40" in result.stdout
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 * 40 + 4, 2 * (2 * 40 + 4) + 4, 3)
+    mask_tile = grid[:40, 44:84].reshape(-1, 3)  # first example's mask: PASCAL colours of 0-5 or white (ignore)
+    allowed = {tuple(c) for c in common.pascal_palette()[: synthetic.NUM_CLASSES]} | {(255, 255, 255)}
+    assert {tuple(c) for c in mask_tile} <= allowed
+
+
+def test_build_command_prints_the_split_sizes(tmp_path, capsys):
+    from gcn_jax.data.build import main
+
+    main(["synthetic_shapes/tiny", "--data_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "synthetic_shapes/tiny is ready" in out and "(train: 24, validation: 10)" in out
