@@ -20,7 +20,7 @@ from PIL import Image
 
 def write_voc_tree(root: str, count: int) -> None:
     from gcn_jax.data import synthetic
-    from gcn_jax.data.common import pascal_palette
+    from gcn_jax.data.common import palette_image
 
     cfg = synthetic.SyntheticShapesConfig(name="bench", height=375, width=500, max_objects=6)
     voc = os.path.join(root, "VOCdevkit", "VOC2012")
@@ -35,9 +35,7 @@ def write_voc_tree(root: str, count: int) -> None:
         sizes.append(buf.tell())
         with open(os.path.join(voc, "JPEGImages", image_id + ".jpg"), "wb") as f:
             f.write(buf.getvalue())
-        png = Image.fromarray(label, mode="P")
-        png.putpalette(pascal_palette().ravel().tolist())
-        png.save(os.path.join(voc, "SegmentationClass", image_id + ".png"))
+        palette_image(label).save(os.path.join(voc, "SegmentationClass", image_id + ".png"))
     for split, part in (("train", ids), ("val", ids[:1])):
         with open(os.path.join(voc, "ImageSets", "Segmentation", split + ".txt"), "w") as f:
             f.write("\n".join(part) + "\n")

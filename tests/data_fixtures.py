@@ -11,7 +11,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from gcn_jax.data.common import pascal_palette
+from gcn_jax.data.common import palette_image
 
 # VOC ids: a* in VOC train, v* in VOC val, s* only in SBD. SBD lists overlap VOC train and VOC val on purpose.
 VOC_TRAIN = ["2007_000032", "2007_000039", "2008_000002"]
@@ -67,9 +67,7 @@ def write_voc_sbd(root: str, seed: int = 0) -> dict:
             with open(os.path.join(voc, "JPEGImages", image_id + ".jpg"), "wb") as f:
                 f.write(_jpeg(img))
             voc_masks[image_id] = m = _voc_mask(rng, h, w, with_ignore=True)
-            png = Image.fromarray(m, mode="P")
-            png.putpalette(pascal_palette().ravel().tolist())
-            png.save(os.path.join(voc, "SegmentationClass", image_id + ".png"))
+            palette_image(m).save(os.path.join(voc, "SegmentationClass", image_id + ".png"))
         if image_id in SBD_TRAIN + SBD_VAL:
             with open(os.path.join(sbd, "img", image_id + ".jpg"), "wb") as f:
                 f.write(_jpeg(img))

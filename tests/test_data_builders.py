@@ -72,9 +72,7 @@ def test_masks_round_trip_exactly(voc_built):
 
 def test_palette_png_is_read_as_indices_not_colours(tmp_path):
     mask = np.array([[0, 1, 15], [255, 20, 7]], np.uint8)
-    png = Image.fromarray(mask, mode="P")
-    png.putpalette(common.pascal_palette().ravel().tolist())
-    png.save(tmp_path / "m.png")
+    common.palette_image(mask).save(tmp_path / "m.png")
     np.testing.assert_array_equal(common.read_index_png(str(tmp_path / "m.png"), "m.png"), mask)
     Image.fromarray(common.colorize(mask)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb\.png.*mode 'RGB'"):
@@ -104,10 +102,8 @@ def test_label_value_outside_the_classes_is_an_error(voc_root, tmp_path):
     image_id = fx.VOC_VAL[0]
     bad = written["voc_masks"][image_id].copy()
     bad[1, 1] = 37
-    png = Image.fromarray(bad, mode="P")
-    png.putpalette(common.pascal_palette().ravel().tolist())
     path = os.path.join(broken, "VOCdevkit", "VOC2012", "SegmentationClass", image_id + ".png")
-    png.save(path)
+    common.palette_image(bad).save(path)
     with pytest.raises(ValueError, match=rf"{path}: label values \[37\]"):
         build("voc_sbd/voc", manual_dir=broken, data_dir=str(tmp_path / "out"))
 

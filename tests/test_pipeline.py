@@ -8,7 +8,7 @@ import pytest
 
 from gcn_jax.data import common, pipeline, synthetic
 from gcn_jax.data.build import build
-from gcn_jax.data.transforms import EvalTransform, TrainTransform, crop_window, denormalize, normalize
+from gcn_jax.data.transforms import EvalTransform, TrainTransform, denormalize, normalize, pad_to
 
 SPEC = pipeline.dataset_spec("synthetic_shapes/tiny")
 
@@ -99,10 +99,10 @@ def test_paper_mode_pads_without_scaling():
     np.testing.assert_array_equal(out["image"][padding], 0)
 
 
-def test_crop_window_pads_bottom_right_with_ignore():
+def test_pad_to_pads_bottom_right_with_ignore():
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) + 1
     label = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
-    img, lab = crop_window(image, label, 1, 1, (3, 3))
+    img, lab = pad_to(image[1:, 1:], label[1:, 1:], (3, 3))
     np.testing.assert_array_equal(lab, [[5, 6, 255], [255, 255, 255], [255, 255, 255]])
     np.testing.assert_array_equal(img[0, :2], image[1, 1:])
     assert np.all(img[1:] == 0) and np.all(img[0, 2] == 0)
@@ -217,7 +217,7 @@ def test_show_data_writes_a_grid_of_examples_and_masks(tmp_path):
     grid = np.asarray(Image.open(out))
     assert grid.shape == (2 * 40 + 4, 2 * (2 * 40 + 4) + 4, 3)
     mask_tile = grid[:40, 44:84].reshape(-1, 3)  # first example's mask: PASCAL colours of 0-5 or white (ignore)
-    allowed = {tuple(c) for c in common.pascal_palette()[: synthetic.NUM_CLASSES]} | {(255, 255, 255)}
+    allowed = {tuple(c) for c in common.PASCAL_PALETTE[: synthetic.NUM_CLASSES]} | {(255, 255, 255)}
     assert {tuple(c) for c in mask_tile} <= allowed
 
 

@@ -29,15 +29,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     config = FLAGS.config
-    images, labels = [], []
+    config.unlock()  # the batch sizes below are set from --num
     if FLAGS.split == "train":
-        config.unlock()
         config.global_batch_size = FLAGS.num  # one batch of --num examples, from a single-process view
         it = iter(pipeline.train_loader_from_config(config, process_index=0, process_count=1))
         batch = next(it)
         images, labels = batch["image"], batch["label"]
     else:
-        config.unlock()
         config.eval_batch_size = FLAGS.num
         loader, _ = pipeline.eval_loader_from_config(config, process_index=0, process_count=1)
         batch = next(iter(loader))

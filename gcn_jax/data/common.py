@@ -100,9 +100,19 @@ def pascal_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
+PASCAL_PALETTE = pascal_palette()
+
+
+def palette_image(indices: np.ndarray) -> Image.Image:
+    """A (height, width) uint8 index array as a PASCAL palette PNG image, VOC's own label format."""
+    image = Image.fromarray(np.asarray(indices, np.uint8), mode="P")
+    image.putpalette(PASCAL_PALETTE.ravel().tolist())
+    return image
+
+
 def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
     """Class-index mask (height, width) -> RGB (height, width, 3); 255 (ignore) is drawn white."""
-    palette = pascal_palette() if palette is None else palette
+    palette = PASCAL_PALETTE if palette is None else palette
     lut = np.zeros((256, 3), np.uint8)
     lut[: len(palette)] = palette[:256]
     lut[IGNORE_LABEL] = (255, 255, 255)

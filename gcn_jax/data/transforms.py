@@ -47,24 +47,20 @@ def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndar
             cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT))
 
 
-def crop_window(image: np.ndarray, label: np.ndarray, top: int, left: int,
-                size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The ``size`` window at (top, left) of the image padded at the bottom/right: pixels outside the image are
-    0 in the image and 255 in the label. Also used with top = left = 0 to pad only."""
-    ch, cw = size
+def pad_to(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pads at the bottom/right to ``size`` (image and label no larger): 0 in the image, 255 in the label."""
     h, w = label.shape
-    out_image = np.zeros((ch, cw, image.shape[-1]), image.dtype)
-    out_label = np.full((ch, cw), IGNORE_LABEL, label.dtype)
-    vh, vw = max(0, min(ch, h - top)), max(0, min(cw, w - left))
-    out_image[:vh, :vw] = image[top:top + vh, left:left + vw]
-    out_label[:vh, :vw] = label[top:top + vh, left:left + vw]
+    out_image = np.zeros((*size, image.shape[-1]), image.dtype)
+    out_label = np.full(size, IGNORE_LABEL, label.dtype)
+    out_image[:h, :w] = image
+    out_label[:h, :w] = label
     return out_image, out_label
 
 
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random brightness (±32), contrast and saturation (×0.5-1.5), each applied with probability 1/2, on a
     float32 RGB image in [0, 255]."""
-    image = image.astype(np.float32)
+    image = np.asarray(image, np.float32)
     if rng.random() < 0.5:
         image = image + rng.uniform(-32, 32)
     if rng.random() < 0.5:
@@ -103,13 +99,11 @@ class TrainTransform(grain.transforms.RandomMap):
             image, label = rescale(image, label, rng.uniform(*self.scale_range))
         (h, w), (ch, cw) = label.shape, self.crop_size
         top, left = rng.integers(0, max(h, ch) - ch + 1), rng.integers(0, max(w, cw) - cw + 1)
-        image, label = crop_window(image, label, top, left, self.crop_size)
-        # Jitter and normalize the image's own pixels only: the padding stays 0, the mean colour once normalized.
-        valid = (slice(0, min(ch, h - top)), slice(0, min(cw, w - left)))
-        image = image.astype(np.float32)
+        # Crop, then jitter and normalize only the image's own pixels, then pad: the padding is 0, the mean colour.
+        image, label = image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
         if strong and self.photometric:
-            image[valid] = photometric_jitter(image[valid], rng)
-        image[valid] = normalize(image[valid])
+            image = photometric_jitter(image, rng)
+        image, label = pad_to(normalize(image), label, self.crop_size)
         if rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
         return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(label, dtype=np.int32),
@@ -132,7 +126,7 @@ class EvalTransform(grain.transforms.Map):
                 f"image {element['image_id']!r} is {h}x{w} (height x width), larger than the evaluation pad size "
                 f"{self.pad_size[0]}x{self.pad_size[1]}; raise eval_pad_size"
             )
-        image, label = crop_window(normalize(image), label, 0, 0, self.pad_size)
+        image, label = pad_to(normalize(image), label, self.pad_size)
         real = element["index"] >= 0
         mask = np.zeros(self.pad_size, bool)
         mask[:h, :w] = real
