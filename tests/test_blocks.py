@@ -89,8 +89,22 @@ def test_boundary_refinement_is_residual():
     x = np.random.default_rng(1).standard_normal((1, 9, 10, 4)).astype(np.float32)
     br = BoundaryRefinement()
     params = br.init(jax.random.key(0), x)["params"]
+    # The second conv starts at zero; give it weights so the residual branch is really exercised.
+    rng = np.random.default_rng(2)
+    params = {**params, "conv2": {"kernel": rng.standard_normal((3, 3, 4, 4)).astype(np.float32) * 0.3,
+                                  "bias": rng.standard_normal(4).astype(np.float32)}}
     got = np.asarray(br.apply({"params": params}, x))
     np.testing.assert_allclose(got, reference.boundary_refinement(params, x), rtol=1e-4, atol=1e-4)
+    assert np.abs(got - x).max() > 0.1
+
+
+def test_boundary_refinement_starts_as_identity():
+    # Nine chained BR blocks with a random second conv blow a fresh model's logits up (see BoundaryRefinement).
+    x = np.random.default_rng(1).standard_normal((1, 9, 10, 4)).astype(np.float32)
+    br = BoundaryRefinement()
+    variables = br.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(np.asarray(br.apply(variables, x)), x)
+    assert np.abs(np.asarray(variables["params"]["conv1"]["kernel"])).max() > 0  # the first conv is random
 
 
 def test_bilinear_kernels():

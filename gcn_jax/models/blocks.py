@@ -58,7 +58,10 @@ class BoundaryRefinement(nn.Module):
     """Boundary Refinement block (Figure 2C): S + conv3x3(ReLU(conv3x3(S))), no BN, no ReLU after the sum.
 
     The paper does not state whether the convs have a bias; they do here (`use_bias`), as a residual branch
-    that models a correction usually does.
+    that models a correction usually does. Nor does it state an initialisation: the second conv starts at zero,
+    so every BR block begins as the identity. With the default init each of the 9 chained blocks roughly
+    doubles the score variance, and a fresh ResNet-18 model's logits come out with std 5.7 (cross-entropy ~10
+    on 6 classes), which diverged to NaN within 5 SGD steps at lr 0.01 on the synthetic set.
     """
 
     use_bias: bool = True
@@ -68,9 +71,8 @@ class BoundaryRefinement(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv1")(x)
-        r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv2")(
-            nn.relu(r)
-        )
+        r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros, name="conv2")(nn.relu(r))
         return x + r
 
 
