@@ -1,0 +1,1 @@
+"""Evaluation: test-time inference modes and segmentation metrics over a whole split."""
