@@ -28,10 +28,47 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.deconv_kernel_size = 3
     config.model.frozen_bn = False  # backbone BN uses running statistics only
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    # ImageNet weights for the backbone (.safetensors / .npz, see README "Pretrained weights"); unset: random init.
+    config.model.pretrained = config_dict.placeholder(str)
 
     config.crop_size = 512  # training crop (int or (height, width)); the model summary uses it as its input size
-    config.global_batch_size = 8  # examples per step over all processes (split evenly between them)
+    config.global_batch_size = 8  # examples per optimizer step over all devices and processes
     config.eval_batch_size = 8  # global batch of full-resolution validation images
+
+    # Training length and periods, in optimizer steps. The paper states none of them (PAPER.md): 30k steps of
+    # 8 crops is about 23 epochs of VOC+SBD trainaug.
+    config.seed = 0  # parameter initialisation and the training RNG
+    config.num_train_steps = 30_000
+    config.log_every_steps = 50
+    config.eval_every_steps = 2_000  # validation mIoU during training (0: only at the end)
+    config.checkpoint_every_steps = 1_000  # also saved at the end, at every evaluation and on SIGTERM/SIGINT
+
+    # The paper: SGD, batch 1, momentum 0.99, weight decay 5e-4; learning rate and schedule not stated. With
+    # 8 crops per step we use momentum 0.9 (a similar averaging horizon in images: ~100 vs ~80), the paper's
+    # weight decay, and the poly schedule common to segmentation work.
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 0.01  # peak, reached after warmup
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 5e-4  # L2 on conv/dense kernels only; never on biases or BN
+    config.optimizer.poly_power = 0.9  # lr = peak * (1 - step / num_train_steps) ** power
+    config.optimizer.warmup_steps = 0  # linear warmup from 0 before the poly decay
+    config.optimizer.backbone_lr_multiplier = 1.0  # e.g. 0.1 for a pretrained backbone
+    config.optimizer.grad_accum_steps = 1  # micro-batches per step: global_batch_size is split into this many
+    config.optimizer.grad_clip_norm = config_dict.placeholder(float)  # global-norm clipping; unset: off
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.keep_latest = 2  # the newest checkpoints kept
+    config.checkpoint.keep_best = 2  # also kept: the best by validation mIoU
+
+    # Evaluation (during training and eval.py).
+    config.eval = ml_collections.ConfigDict()
+    config.eval.scales = (1.0,)  # multi-scale test, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75): probabilities averaged
+    config.eval.flip = False  # also average the horizontally flipped prediction
+    config.eval.window_size = ()  # sliding-window inference (height, width); empty: whole image at once
+    config.eval.window_stride = ()  # window step (height, width); empty: half the window
+    config.eval.boundary_width = 7  # Table 5: boundary = pixels within 7 px of a label edge
+    config.eval.max_batches = 0  # limit for evaluations during training (0: the whole split)
 
     # Input pipeline (gcn_jax/data). Datasets are tfds builders: voc_sbd/voc, voc_sbd/aug, cityscapes_fine,
     # synthetic_shapes/default, synthetic_shapes/tiny.

@@ -1,0 +1,82 @@
+"""Predicted masks for image files: the model under `config.eval`'s inference options, one image at a time at
+its own resolution, written as a VOC-format palette PNG (pixel values = class indices, shown in colour) and an
+overlay of the colours on the image."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from gcn_jax.data.common import colorize, palette_image
+from gcn_jax.data.transforms import normalize
+from gcn_jax.evaluation import evaluate, inference
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def find_images(paths: Sequence[str]) -> list[str]:
+    """Image files named in ``paths``: files as given, folders searched (not recursively) for image
+    extensions, sorted. A path that does not exist, or finding no image at all, is an error."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found += sorted(os.path.join(path, n) for n in os.listdir(path)
+                            if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, n)))
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {list(paths)}")
+    return found
+
+
+def read_image(path: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def make_predict_fn(model, variables, eval_config):
+    """image uint8 (height, width, 3) -> class indices uint8 (height, width); compiled once per image size."""
+    options = evaluate.inference_options(eval_config)
+
+    @jax.jit
+    def predict(variables, image):
+        scores = inference.multi_scale(lambda x: model.apply(variables, x), image[None], **options)
+        return jnp.argmax(scores[0], axis=-1).astype(jnp.uint8)
+
+    return lambda image: np.asarray(predict(variables, normalize(image)))
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The mask's colours blended over the image (uint8 RGB); background (class 0) is left as is."""
+    colours = colorize(mask).astype(np.float32)
+    blended = np.where((mask > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
+    return np.round(blended).astype(np.uint8)
+
+
+def predict_files(predict_fn, paths: Sequence[str], output_dir: str) -> list[tuple[str, str, str]]:
+    """Write <name>_mask.png and <name>_overlay.png for every image; returns (image, mask, overlay) paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    written, names = [], set()
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in names:  # two folders with the same file name: keep both
+            stem = f"{stem}_{len(names)}"
+        names.add(stem)
+        image = read_image(path)
+        mask = predict_fn(image)
+        mask_path = os.path.join(output_dir, f"{stem}_mask.png")
+        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+        palette_image(mask).save(mask_path)
+        Image.fromarray(overlay(image, mask)).save(overlay_path)
+        written.append((path, mask_path, overlay_path))
+    return written
