@@ -111,22 +111,27 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target, keys=("p
         flat_tree = traverse_util.flatten_dict(_to_dict(sub), sep="/") if _to_dict(sub) else {}
         return {f"{key}/{k}": tuple(v.shape) for k, v in flat_tree.items() if hasattr(v, "shape")}
 
-    have, want = {}, {}
+    # Parameters first: differences in BN statistics and optimizer state follow from them.
     for key in keys:
-        have.update(flat(saved, key))
-        want.update(flat(target, key))
-    missing = sorted(set(want) - set(have))
-    unexpected = sorted(set(have) - set(want))
-    mismatched = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-    if not (missing or unexpected or mismatched):
+        have, want = flat(saved, key), flat(target, key)
+        if have != want:
+            break
+    else:
         return
+    mismatched = sorted(k for k in set(want) & set(have) if want[k] != have[k])
     lines = [f"checkpoint {manager.directory}/{step} does not fit the config's model:"]
     lines += [f"  {k}: checkpoint has shape {have[k]}, the config builds {want[k]}" for k in mismatched[:20]]
-    lines += [f"  {k}: in the config's model, not in the checkpoint" for k in missing[:20]]
-    lines += [f"  {k}: in the checkpoint, not in the config's model" for k in unexpected[:20]]
-    total = len(missing) + len(unexpected) + len(mismatched)
-    if total > 60:
-        lines.append(f"  ... {total} differences in all")
+    for names, where in ((set(want) - set(have), "in the config's model, not in the checkpoint"),
+                         (set(have) - set(want), "in the checkpoint, not in the config's model")):
+        modules = {}
+        for name in sorted(names):
+            module, _, leaf = name.rpartition("/")
+            modules.setdefault(module, []).append(leaf)
+        lines += [f"  {m} ({', '.join(leaves)}): {where}" for m, leaves in list(modules.items())[:20]]
+        if len(modules) > 20:
+            lines.append(f"  ... and {len(modules) - 20} more modules {where}")
+    if len(mismatched) > 20:
+        lines.append(f"  ... {len(mismatched)} arrays of another shape in all")
     lines.append("Evaluate with the config the run was trained with (same model.backbone, model.kernel_size, "
                  "model.num_classes, model.head, optimizer).")
     raise CheckpointMismatchError("\n".join(lines))

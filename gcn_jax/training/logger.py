@@ -57,6 +57,8 @@ def quiet_library_logs() -> None:
         if "/orbax/" not in record.pathname:
             return True
         # Saves between evaluations carry no mIoU by design; orbax warns about each of them.
-        return record.levelno >= std_logging.WARNING and "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        return (record.levelno >= std_logging.WARNING and "did not provide metrics" not in message
+                and "read only" not in message and "read_only=True" not in message)
 
     logging.get_absl_handler().addFilter(keep)

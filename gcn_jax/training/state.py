@@ -122,7 +122,7 @@ def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-        metrics = {"loss": loss_sum / denominator, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss_sum / denominator, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state.step), "valid_pixels": count}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state, rng=rng)
