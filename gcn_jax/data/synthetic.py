@@ -23,12 +23,14 @@ from gcn_jax.data import common
 CLASS_NAMES = ("background", "disc", "square", "triangle", "ring", "cross")
 NUM_CLASSES = len(CLASS_NAMES)
 _SPLIT_IDS = {"train": 0, "validation": 1}
+TEXTURES = ("flat", "stripes", "checkerboard", "noise", "gradient")
 
 
 @dataclasses.dataclass(eq=False)
 class SyntheticShapesConfig(tfds.core.BuilderConfig):
     """Sizes and counts of a synthetic_shapes variant. ``min_size``/``max_size``: object diameter as a fraction
-    of the shorter image side, drawn log-uniformly between them."""
+    of the shorter image side, drawn log-uniformly between them. ``textures`` / ``background_textures``: the
+    kinds (of `TEXTURES`) drawn for objects and for the background."""
 
     height: int = 128
     width: int = 128
@@ -39,11 +41,16 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
     min_size: float = 0.08
     max_size: float = 0.95
     seed: int = 0
+    textures: tuple[str, ...] = TEXTURES
+    background_textures: tuple[str, ...] = TEXTURES
 
 
-def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A random (height, width, 3) uint8 texture."""
-    kind = rng.integers(5)
+def _texture(rng: np.random.Generator, height: int, width: int, kinds: tuple[str, ...] = TEXTURES) -> np.ndarray:
+    """A random (height, width, 3) uint8 texture of one of ``kinds``."""
+    unknown = set(kinds) - set(TEXTURES)
+    if unknown or not kinds:
+        raise ValueError(f"textures {kinds}: expected a non-empty selection of {TEXTURES}")
+    kind = TEXTURES.index(kinds[rng.integers(len(kinds))])
     c1, c2 = rng.integers(0, 256, size=(2, 3))
     if kind == 0:  # flat
         return np.broadcast_to(c1.astype(np.uint8), (height, width, 3)).copy()
@@ -102,7 +109,7 @@ def render(config: SyntheticShapesConfig, split: str, index: int) -> tuple[np.nd
     """Example ``index`` of ``split``: image (height, width, 3) uint8 and label (height, width) uint8."""
     rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index])
     h, w = config.height, config.width
-    image = _texture(rng, h, w)
+    image = _texture(rng, h, w, config.background_textures)
     label = np.zeros((h, w), np.uint8)
     n = rng.integers(config.min_objects, config.max_objects + 1)
     side = min(h, w)
@@ -111,7 +118,7 @@ def render(config: SyntheticShapesConfig, split: str, index: int) -> tuple[np.nd
         cls = int(rng.integers(1, NUM_CLASSES))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         mask = _shape_mask(cls, h, w, cx, cy, size / 2, rng.uniform(0, 2 * np.pi))
-        image[mask] = _texture(rng, h, w)[mask]
+        image[mask] = _texture(rng, h, w, config.textures)[mask]
         label[mask] = cls
     return image, label
 
@@ -122,6 +129,11 @@ class SyntheticShapes(common.ArrayRecordBuilder):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [
         SyntheticShapesConfig(name="default", description="128x128, 2,000 train / 200 validation images."),
+        SyntheticShapesConfig(name="flat", height=96, width=96, textures=("flat",), background_textures=("flat",),
+                              max_objects=3, min_size=0.15, max_size=0.8,
+                              description="96x96, 2,000 / 200 images; one random colour per object and for the "
+                                          "background, 1-3 objects of 15-80% of the side: the demo's set, "
+                                          "learnable in minutes on a CPU."),
         SyntheticShapesConfig(name="tiny", height=48, width=64, num_train=24, num_validation=10,
                               description="48x64, 24 / 10 images: for tests and quick checks."),
     ]
