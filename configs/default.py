@@ -47,10 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
     # 8 crops per step we use momentum 0.9 (a similar averaging horizon in images: ~100 vs ~80), the paper's
     # weight decay, and the poly schedule common to segmentation work.
     config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # sgd (the paper's) | adamw
     config.optimizer.learning_rate = 0.01  # peak, reached after warmup
-    config.optimizer.momentum = 0.9
-    config.optimizer.nesterov = False
-    config.optimizer.weight_decay = 5e-4  # L2 on conv/dense kernels only; never on biases or BN
+    config.optimizer.momentum = 0.9  # sgd
+    config.optimizer.nesterov = False  # sgd
+    config.optimizer.adam_b1 = 0.9  # adamw
+    config.optimizer.adam_b2 = 0.999  # adamw
+    config.optimizer.weight_decay = 5e-4  # conv/dense kernels only, never biases or BN (sgd: L2; adamw: decoupled)
     config.optimizer.poly_power = 0.9  # lr = peak * (1 - step / num_train_steps) ** power
     config.optimizer.warmup_steps = 0  # linear warmup from 0 before the poly decay
     config.optimizer.backbone_lr_multiplier = 1.0  # e.g. 0.1 for a pretrained backbone
@@ -71,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.max_batches = 0  # limit for evaluations during training (0: the whole split)
 
     # Input pipeline (gcn_jax/data). Datasets are tfds builders: voc_sbd/voc, voc_sbd/aug, cityscapes_fine,
-    # synthetic_shapes/default, synthetic_shapes/tiny.
+    # synthetic_shapes/default, synthetic_shapes/flat, synthetic_shapes/tiny.
     config.data = ml_collections.ConfigDict()
     config.data.name = "voc_sbd/aug"
     config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets

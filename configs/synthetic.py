@@ -1,7 +1,13 @@
-"""The built-in synthetic set (gcn_jax/data/synthetic.py): trains on a 2-core CPU in about 10 minutes, no
-downloads. ResNet-18 GCN+BR with k=7 (a 128x128 input gives a 4x4 res-5 map), batch 8 of 128x128 crops.
+"""The demo: the built-in synthetic set (gcn_jax/data/synthetic.py), no downloads, about 11 minutes on a 2-core
+CPU. ResNet-18 GCN+BR with k=5 (a 96x96 input gives a 3x3 res-5 map), batch 8 of 96x96 crops, trained from
+scratch with AdamW.
 
     python train.py --config configs/synthetic.py --workdir runs/demo
+
+Why not the paper's SGD and the textured `synthetic_shapes/default`: from scratch on this budget (~3,000
+steps) SGD with momentum reached 17% mIoU on 128x128 flat shapes after 1,500 steps, and both optimizers were
+near 14-19% after 500 steps on the textured set. `synthetic_shapes/flat` (one colour per object) at 96x96 with
+AdamW learns the shapes in minutes; 64x64 inputs ran slower per step than 96x96 on XLA's CPU backend.
 """
 
 from configs import default
@@ -11,22 +17,22 @@ def get_config():
     config = default.get_config()
     config.model.num_classes = 6
     config.model.backbone = "resnet18"
-    config.model.kernel_size = 7
-    config.crop_size = 128
+    config.model.kernel_size = 5
+    config.crop_size = 96
     config.global_batch_size = 8
     config.eval_batch_size = 8
 
-    config.data.name = "synthetic_shapes/default"
+    config.data.name = "synthetic_shapes/flat"
     config.data.scale_range = (0.75, 1.5)
-    config.data.eval_pad_size = (128, 128)
+    config.data.eval_pad_size = (96, 96)
     config.data.worker_count = 0  # the 2-core machine: decode in the main process
 
-    config.num_train_steps = 1_500
-    config.log_every_steps = 50
-    config.eval_every_steps = 500
+    config.num_train_steps = 3_000
+    config.log_every_steps = 100
+    config.eval_every_steps = 1_000
     config.checkpoint_every_steps = 500
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.grad_clip_norm = 5.0  # a fresh model's gradient norm is ~50; unclipped, lr 0.01 diverges
-    config.optimizer.nesterov = True
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 1e-4
+    config.optimizer.grad_clip_norm = 5.0  # a fresh model's gradient norm is ~50
     return config

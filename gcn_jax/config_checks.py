@@ -55,6 +55,8 @@ def check_config(config, num_devices: int, process_count: int = 1, training: boo
         if config.eval_every_steps < 0:
             problems.append(f"config.eval_every_steps = {config.eval_every_steps}: expected >= 0 (0: only at the end)")
         opt = config.optimizer
+        if opt.name not in ("sgd", "adamw"):
+            problems.append(f"config.optimizer.name = {opt.name!r}: expected 'sgd' or 'adamw'")
         if opt.learning_rate <= 0:
             problems.append(f"config.optimizer.learning_rate = {opt.learning_rate}: expected > 0")
         if not 0 <= opt.warmup_steps < config.num_train_steps:

@@ -16,21 +16,43 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-# Set by cluster launchers; when one is present `maybe_initialize_distributed` starts jax.distributed.
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                "MEGASCALE_COORDINATOR_ADDRESS")
 
 
 def maybe_initialize_distributed(flag: bool | None = None) -> bool:
     """Start `jax.distributed` when ``flag`` is true, or when ``flag`` is None and the environment names a
     cluster (JAX_COORDINATOR_ADDRESS, Slurm, Open MPI, Cloud TPU). Must run before any other JAX call.
-    jax.distributed reads the coordinator, process count and id from JAX_COORDINATOR_ADDRESS /
-    JAX_NUM_PROCESSES / JAX_PROCESS_ID or the cluster's own variables. Returns whether it started."""
+
+    The coordinator comes from JAX_COORDINATOR_ADDRESS (host:port of process 0) or the cluster's own
+    auto-detection (Slurm, Open MPI, Cloud TPU, Kubernetes); JAX_NUM_PROCESSES and JAX_PROCESS_ID give the
+    process count and this process's id where nothing detects them. Returns whether it started."""
+    env = os.environ
     if flag is None:
-        flag = any(os.environ.get(name) for name in _CLUSTER_ENV)
-    if flag:
-        jax.distributed.initialize()
-    return bool(flag)
+        flag = _cluster_in_environment(env)
+    if not flag:
+        return False
+    kwargs = {}
+    for var, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if env.get(var):
+            try:
+                kwargs[key] = int(env[var])
+            except ValueError:
+                raise ValueError(f"environment variable {var}={env[var]!r}: expected an integer") from None
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def _cluster_in_environment(env) -> bool:
+    """A launcher started several processes: an explicit coordinator, an `srun` step of several tasks, an
+    `mpirun` of several ranks, or a multi-host Cloud TPU slice. (A Slurm allocation shell alone is none.)"""
+    def count(name):
+        try:
+            return int(env.get(name, "1"))
+        except ValueError:
+            return 1
+
+    return bool(env.get("JAX_COORDINATOR_ADDRESS") or (env.get("SLURM_STEP_NODELIST") and count("SLURM_NTASKS") > 1)
+                or count("OMPI_COMM_WORLD_SIZE") > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+                or env.get("MEGASCALE_COORDINATOR_ADDRESS"))
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

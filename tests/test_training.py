@@ -131,13 +131,29 @@ def test_gradient_accumulation_equals_the_full_batch(data_dir):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), full[1], accumulated[1])
 
 
+def test_gradient_accumulation_chains_batch_norm_statistics(data_dir):
+    # Micro-batch a holds rows a, a + n, a + 2n, ...; BN's running averages are updated by each in turn.
+    config = tiny_config(data_dir, crop_size=32, global_batch_size=8, **{"optimizer.grad_accum_steps": 2})
+    batch = next(fixed_batches(1))
+    _, _, stats = run_steps(config, jax.devices(), [batch])
+    model = build_model(config.model)
+    variables = state_lib.init_variables(model, config, config.seed)
+    expected = variables["batch_stats"]
+    for a in range(2):
+        _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+            {"params": variables["params"], "batch_stats": expected}, batch["image"][a::2])
+        expected = updates["batch_stats"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), stats, expected)
+    assert not np.allclose(stats["backbone"]["bn1"]["mean"], variables["batch_stats"]["backbone"]["bn1"]["mean"])
+
+
 def test_sigterm_then_resume_ends_bit_identical(run_40, tmp_path):
     config, reference_dir, _ = run_40
     workdir = str(tmp_path / "interrupted")
 
     def send_sigterm_after_step_5():
         path = os.path.join(workdir, "metrics.jsonl")
-        while not (os.path.exists(path) and len(read_jsonl(workdir)) >= 5):
+        while not (os.path.exists(path) and open(path).read().count("\n") >= 5):  # 5 complete records
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -215,7 +231,7 @@ def test_retention_keeps_the_newest_and_the_best(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     config = tiny_config(data_dir, num_train_steps=30, checkpoint_every_steps=1, **{
         "optimizer.learning_rate": 1e4, "optimizer.grad_clip_norm": None, "optimizer.momentum": 0.0})
-    with pytest.raises(NonFiniteLossError, match=r"non-finite (training loss .* at step \d+|parameters after "
+    with pytest.raises(NonFiniteLossError, match=r"non-finite (training loss .* at step \d+|train state after "
                                                   r"step \d+).*last good checkpoint is step \d+"):
         train_and_evaluate(config, str(tmp_path))
     step, params = saved_params(tmp_path)
@@ -229,7 +245,7 @@ def test_impossible_settings_fail_before_any_compute(data_dir, tmp_path):
                                                                    "model.num_classes": 21}), 4)
     message = str(e.value)
     assert "config.global_batch_size = 6 does not split evenly over 4 devices" in message
-    assert "kernel_size" in message and "4" in message
+    assert "config.model: kernel_size for res2 must be a positive odd integer" in message and "got 4" in message
     assert "config.model.num_classes = 21, but dataset synthetic_shapes/tiny has 6 classes" in message
     with pytest.raises(ConfigError, match="4 devices x 2 accumulation steps"):
         check_config(tiny_config(data_dir, **{"optimizer.grad_accum_steps": 2}), 4)
@@ -260,6 +276,13 @@ def test_learning_rate_schedule_and_weight_decay_mask(data_dir):
     assert np.allclose(updates["br_s1"]["conv1"]["kernel"], -0.1 * 0.5)
     assert np.allclose(updates["backbone"]["conv1"]["kernel"], -0.1 * 0.5 * 0.1)
     assert np.all(updates["br_s1"]["conv1"]["bias"] == 0) and np.all(updates["backbone"]["bn1"]["scale"] == 0)
+    # AdamW: the same decay mask and multiplier, decoupled from the moments (zero gradients: decay only).
+    config.optimizer.name = "adamw"
+    tx = optimizer.make_optimizer(config.optimizer, 100)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert np.allclose(updates["br_s1"]["conv1"]["kernel"], -0.1 * 0.5)
+    assert np.allclose(updates["backbone"]["conv1"]["kernel"], -0.1 * 0.5 * 0.1)
+    assert np.all(updates["backbone"]["bn1"]["bias"] == 0)
 
 
 def _free_port():
@@ -300,3 +323,56 @@ def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), two_process, params)
     logged = [r["train/loss"] for r in read_jsonl(workdir) if "train/loss" in r]
     np.testing.assert_allclose(logged, losses, rtol=1e-5)
+
+
+def _cli_overrides(config):
+    return ["--config", "configs/synthetic.py", "--config.data.name=synthetic_shapes/tiny",
+            f"--config.data.data_dir={config.data.data_dir}", "--config.data.eval_pad_size=48,64",
+            "--config.crop_size=48", "--config.model.kernel_size=3", "--config.eval_batch_size=4"]
+
+
+@pytest.mark.slow
+def test_eval_and_predict_command_lines(run_40, tmp_path):
+    config, workdir, summary = run_40
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "eval.py", *_cli_overrides(config), "--workdir", workdir,
+                             "--checkpoint=20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint step 20" in result.stdout and "mIoU" in result.stdout and "boundary acc" in result.stdout
+    with open(os.path.join(workdir, "eval_20.json")) as f:
+        report = json.load(f)
+    logged = [r for r in read_jsonl(workdir) if r.get("step") == 20 and "eval/miou" in r][0]
+    assert report["miou"] == pytest.approx(logged["eval/miou"], abs=1e-3)  # 1 process here, 4 devices there
+    assert set(report["per_class_iou"]) == {"background", "disc", "square", "triangle", "ring", "cross"}
+
+    images = tmp_path / "images"
+    images.mkdir()
+    source = pipeline.load_source("synthetic_shapes/tiny", "validation", config.data.data_dir)
+    originals = [np.asarray(source[i]["image"]) for i in range(2)]
+    from PIL import Image
+    for i, image in enumerate(originals):
+        Image.fromarray(image).save(images / f"val{i}.png")
+    Image.fromarray(originals[0][:37, :41]).save(images / "odd_size.jpg")
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "predict.py", *_cli_overrides(config), "--workdir", workdir,
+                             f"--output={out}", str(images)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 images, checkpoint step 40" in result.stdout
+    assert sorted(os.listdir(out)) == sorted(f"{n}_{kind}.png" for n in ("val0", "val1", "odd_size")
+                                             for kind in ("mask", "overlay"))
+    # The mask PNG holds class indices: the same as the model's argmax computed here.
+    model, variables, _ = restore_variables(config, workdir)
+    from gcn_jax.data.transforms import normalize
+    for i, image in enumerate(originals):
+        mask = Image.open(out / f"val{i}_mask.png")
+        assert mask.mode == "P"
+        expected = np.argmax(np.asarray(jax.jit(model.apply)(variables, normalize(image)[None]))[0], axis=-1)
+        assert np.mean(np.asarray(mask) == expected) > 0.999  # a near-tie may flip between two compilations
+    assert Image.open(out / "odd_size_overlay.png").size == (41, 37)
+    # A path that does not exist is named in the error.
+    result = subprocess.run([sys.executable, "predict.py", *_cli_overrides(config), "--workdir", workdir,
+                             str(tmp_path / "missing.jpg")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "missing.jpg: no such file or folder" in result.stderr

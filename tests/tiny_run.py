@@ -1,5 +1,5 @@
 """A training config small enough for tests: synthetic_shapes/tiny (24 train, 10 validation images of 48x64),
-ResNet-18 GCN+BR with k=3 on 48x48 crops, batch 4."""
+ResNet-18 GCN+BR with k=3 on 48x48 crops, batch 4, SGD with Nesterov momentum."""
 
 from configs import synthetic
 
@@ -18,6 +18,8 @@ def tiny_config(data_dir: str, **overrides):
     config.log_every_steps = 1
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 100
+    config.optimizer.name = "sgd"
+    config.optimizer.nesterov = True
     config.optimizer.learning_rate = 0.01
     config.optimizer.grad_clip_norm = 5.0
     for key, value in overrides.items():

@@ -68,9 +68,10 @@ def predict_files(predict_fn, paths: Sequence[str], output_dir: str) -> list[tup
     os.makedirs(output_dir, exist_ok=True)
     written, names = [], set()
     for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in names:  # two folders with the same file name: keep both
-            stem = f"{stem}_{len(names)}"
+        base = stem = os.path.splitext(os.path.basename(path))[0]
+        copy = 1
+        while stem in names:  # the same file name in two folders: keep both
+            stem, copy = f"{base}_{copy}", copy + 1
         names.add(stem)
         image = read_image(path)
         mask = predict_fn(image)

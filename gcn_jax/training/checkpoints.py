@@ -1,9 +1,8 @@
 """Orbax checkpoints of a training run: the train state (parameters, BN statistics, optimizer, step, RNG) and
 the input iterator's position (grain), saved asynchronously under ``<workdir>/checkpoints/<step>``.
 
-Kept: the newest `keep_latest` checkpoints, plus the `keep_best` ones with the highest validation mIoU.
-Checkpoints without an mIoU (saved between evaluations) are kept only while they are among the newest, so
-the newest is never deleted by the best-N rule.
+Kept: the newest `keep_latest` checkpoints, plus the `keep_best` ones with the highest validation mIoU
+(checkpoints saved between evaluations have none). The newest is never deleted by the best-N rule.
 """
 
 from __future__ import annotations
@@ -119,7 +118,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target, keys=("p
     else:
         return
     mismatched = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-    lines = [f"checkpoint {manager.directory}/{step} does not fit the config's model:"]
+    what = "optimizer" if key == "opt_state" else "model"
+    lines = [f"checkpoint {manager.directory}/{step} does not fit the config's {what}:"]
     lines += [f"  {k}: checkpoint has shape {have[k]}, the config builds {want[k]}" for k in mismatched[:20]]
     for names, where in ((set(want) - set(have), "in the config's model, not in the checkpoint"),
                          (set(have) - set(want), "in the checkpoint, not in the config's model")):
@@ -132,8 +132,9 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target, keys=("p
             lines.append(f"  ... and {len(modules) - 20} more modules {where}")
     if len(mismatched) > 20:
         lines.append(f"  ... {len(mismatched)} arrays of another shape in all")
-    lines.append("Evaluate with the config the run was trained with (same model.backbone, model.kernel_size, "
-                 "model.num_classes, model.head, optimizer).")
+    lines.append("Use the config this run was trained with (same model.backbone, model.kernel_size, "
+                 "model.num_classes, model.head" + (", optimizer" if what == "optimizer" else "")
+                 + "), or a new --workdir to start a new run.")
     raise CheckpointMismatchError("\n".join(lines))
 
 
@@ -160,10 +161,28 @@ def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=Non
     holder = _IteratorState()
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointRestore(holder)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:
+        if data_iterator is not None and "process_" in str(e):
+            raise ValueError(
+                f"checkpoint {manager.directory}/{step} holds the input position of another number of processes "
+                f"than the {jax.process_count()} running now ({e}); resume with the process count it was "
+                "written with (evaluation works with any)") from e
+        raise
     if data_iterator is not None:
         data_iterator.set_state(holder.get_state())
     return restored[STATE]
+
+
+def restore_variables(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
+    """Only {'params', 'batch_stats'} of a checkpoint (for evaluation: independent of the optimizer config),
+    onto ``target``'s shardings."""
+    check_compatible(manager, step, target, keys=("params", "batch_stats"))
+    path = os.path.join(str(manager.directory), str(step), STATE)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
 
 
 def host_step(state) -> int:

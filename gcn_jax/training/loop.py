@@ -33,14 +33,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopSignal:
-    """Turns the first SIGTERM/SIGINT into a request to checkpoint and stop; a second one acts as usual."""
+    """Turns the first SIGTERM/SIGINT into a request to checkpoint and stop; a second one acts as usual.
 
-    def __init__(self):
+    Only in a single process: with several, SIGTERM is left to jax.distributed's preemption notifier (a
+    Python handler would replace it), which the loop polls through `manager.reached_preemption`, so that all
+    processes stop at the same step."""
+
+    def __init__(self, enabled: bool = True):
         self.received = None
         self._previous = {}
+        self._signals = (signal.SIGTERM, signal.SIGINT) if enabled else ()
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self._signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no signal handling
@@ -105,7 +110,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     total = config.num_train_steps
     summary = None
     pending = []  # (step, metrics on device) not yet fetched
+    period_losses = []  # losses since the last console line
     period_start, period_steps, period_excluded = time.perf_counter(), 0, 0.0
+
+    def is_eval_step(s):
+        return (config.eval_every_steps and s % config.eval_every_steps == 0) or s == total
+
+    def run_evaluation(s):
+        result = evaluate.evaluate(eval_step, state.variables(), eval_loader, eval_batches, mesh,
+                                   spec.class_names, config.eval.max_batches)
+        logger.write(s, {k: result[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy",
+                                                "boundary_accuracy", "interior_accuracy")}, prefix="eval/")
+        logger.flush()
+        if is_main:
+            logging.info("step %d: validation\n%s", s, metrics.format_table(result))
+        return result
 
     def stop_non_finite(what):
         manager.wait_until_finished()
@@ -124,10 +143,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         for s, m in fetched:
             if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
                 stop_non_finite(f"training loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])} at step {s}")
+            period_losses.append(float(m["loss"]))
         return fetched
 
+    if latest is not None and is_eval_step(latest) and manager.metrics(latest) is None:
+        # Stopped by a signal at an evaluation step, which was skipped then: evaluate now.
+        summary = run_evaluation(latest)
+
     try:
-        with _StopSignal() as stop:
+        with _StopSignal(enabled=jax.process_count() == 1) as stop:
             while step < total:
                 batch = next(train_iter)
                 state, step_metrics = train_step(state, parallel.global_batch(
@@ -137,14 +161,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 pending.append((step, step_metrics))
                 stopping = stop.received is not None if jax.process_count() == 1 else manager.reached_preemption(step)
                 is_log = step % config.log_every_steps == 0 or step == total
-                is_eval = (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total
+                is_eval = is_eval_step(step)
                 is_save = step % config.checkpoint_every_steps == 0 or is_eval or step == total or stopping
                 if not (is_log or is_save):
                     continue
                 fetched = flush()
                 if is_log:
                     elapsed = time.perf_counter() - period_start - period_excluded
-                    loss = float(np.mean([m["loss"] for _, m in fetched]))
+                    loss = float(np.mean(period_losses))
                     images_per_s = period_steps * config.global_batch_size / max(elapsed, 1e-9)
                     eta = (total - step) * elapsed / max(period_steps, 1)
                     last = fetched[-1][1]
@@ -155,20 +179,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f images/s  ETA %s", step, total, loss,
                                      float(last["learning_rate"]), images_per_s, _format_eta(eta))
                     period_start, period_steps, period_excluded = time.perf_counter(), 0, 0.0
+                    period_losses.clear()
                 pause_start = time.perf_counter()
                 miou = None
-                if is_eval and not stopping:
-                    summary = evaluate.evaluate(eval_step, state.variables(), eval_loader, eval_batches, mesh,
-                                                spec.class_names, config.eval.max_batches)
+                if is_save and not parallel.fetch(all_finite(state)):  # e.g. an update that overflowed
+                    stop_non_finite(f"train state after step {step}")
+                if is_eval and not stopping:  # a stop skips it; the resumed run evaluates first
+                    summary = run_evaluation(step)
                     miou = summary["miou"]
-                    logger.write(step, {k: summary[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy",
-                                                                "boundary_accuracy", "interior_accuracy")},
-                                 prefix="eval/")
-                    if is_main:
-                        logging.info("step %d: validation\n%s", step, metrics.format_table(summary))
                 if is_save:
-                    if not parallel.fetch(all_finite(state.params)):  # e.g. an update that overflowed
-                        stop_non_finite(f"parameters after step {step}")
                     checkpoints.save(manager, state, train_iter, miou)
                 logger.flush()
                 period_excluded += time.perf_counter() - pause_start

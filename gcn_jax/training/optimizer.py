@@ -1,5 +1,5 @@
-"""The optax optimizer: SGD with momentum, decoupled-from-BN weight decay, poly schedule, backbone lr multiplier,
-optional global-norm clipping. Gradient accumulation lives in the train step (`state.make_train_step`)."""
+"""The optax optimizer: SGD with momentum (or AdamW), weight decay on kernels only, poly schedule, backbone lr
+multiplier, optional global-norm clipping. Gradient accumulation lives in the train step (`state.make_train_step`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from flax import traverse_util
 
 
 def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 over `warmup_steps`, then poly: peak * (1 - t / T) ** power down to 0 at the last
-    step, where t counts from the end of warmup and T = num_train_steps - warmup_steps."""
+    """Linear warmup from 0 over `warmup_steps`, then poly: peak * (1 - t / T) ** power, where t counts from
+    the end of warmup and T = num_train_steps - warmup_steps (0 at step num_train_steps, which is never taken)."""
     peak, warmup = opt_config.learning_rate, opt_config.warmup_steps
     poly = optax.polynomial_schedule(init_value=peak, end_value=0.0, power=opt_config.poly_power,
                                      transition_steps=max(num_train_steps - warmup, 1))
@@ -30,17 +30,26 @@ def backbone_mask(params):
 
 
 def make_optimizer(opt_config, num_train_steps: int) -> optax.GradientTransformation:
-    """SGD: (clip) -> + weight_decay * kernel -> momentum (Nesterov optional) -> * -lr -> backbone * multiplier.
+    """`name` 'sgd' (the paper's): (clip) -> + weight_decay * kernel -> momentum (Nesterov optional) -> * -lr.
+    'adamw': (clip) -> Adam moments -> + weight_decay * kernel (decoupled) -> * -lr. Both then scale the
+    backbone's update by `backbone_lr_multiplier`, which equals scaling its learning rate.
 
-    Weight decay is the paper's L2 term (added to the gradient before momentum, as in SGD with
-    `weight_decay`). The multiplier scales the backbone's final update, which equals scaling its lr."""
+    SGD's weight decay is the paper's L2 term, added to the gradient before momentum (SGD's usual
+    `weight_decay`); AdamW's is added after the moments, so it is not rescaled by them."""
+    decay = ([optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask)]
+             if opt_config.weight_decay else [])
     parts = []
     if opt_config.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-    if opt_config.weight_decay:
-        parts.append(optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask))
-    if opt_config.momentum:
-        parts.append(optax.trace(decay=opt_config.momentum, nesterov=opt_config.nesterov))
+    if opt_config.name == "sgd":
+        parts += decay
+        if opt_config.momentum:
+            parts.append(optax.trace(decay=opt_config.momentum, nesterov=opt_config.nesterov))
+    elif opt_config.name == "adamw":
+        parts.append(optax.scale_by_adam(b1=opt_config.adam_b1, b2=opt_config.adam_b2))
+        parts += decay
+    else:
+        raise ValueError(f"config.optimizer.name = {opt_config.name!r}: expected 'sgd' or 'adamw'")
     parts.append(optax.scale_by_learning_rate(learning_rate_schedule(opt_config, num_train_steps)))
     if opt_config.backbone_lr_multiplier != 1.0:
         parts.append(optax.masked(optax.scale(opt_config.backbone_lr_multiplier), backbone_mask))

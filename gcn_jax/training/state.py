@@ -75,6 +75,19 @@ def abstract_train_state(config, mesh, tx) -> TrainState:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+def abstract_variables(config, mesh) -> dict:
+    """{'params', 'batch_stats'} shapes and replicated shardings of the config's model (evaluation target)."""
+    def make():
+        crop = config.crop_size
+        hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+        return build_model(config.model).init(jax.random.key(0), jnp.zeros((1, *hw, 3), jnp.float32))
+
+    shapes = jax.eval_shape(make)
+    sharding = parallel.replicated(mesh)
+    return {k: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes[k])
+            for k in ("params", "batch_stats")}
+
+
 def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
     """jit(train_step)(state, batch) -> (state, metrics), the state donated. ``batch`` holds global arrays
     {'image': (global_batch, h, w, 3), 'label': (global_batch, h, w)} sharded over the data axis.
@@ -83,7 +96,7 @@ def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
     ``grad_accum_steps`` = n the batch is split into n micro-batches processed one after another (a
     `lax.scan`, so activations of one micro-batch at a time); the summed gradients are divided by the valid
     pixels of the whole batch, so the update equals the full-batch one up to BatchNorm, whose statistics
-    come from each micro-batch."""
+    come from each micro-batch (and the running averages are updated once per micro-batch)."""
     batch_sharding = parallel.batch_sharded(mesh)
 
     def grads_of(params, batch_stats, images, labels):
