@@ -121,6 +121,16 @@ def test_train_step_is_the_same_on_1_and_4_devices(data_dir):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), stats1, stats4)
 
 
+def test_bfloat16_compute_trains_like_float32(data_dir):
+    config = tiny_config(data_dir, crop_size=32, global_batch_size=8)
+    losses32, params32, _ = run_steps(config, jax.devices()[:1], fixed_batches(2))
+    config.model.dtype = "bfloat16"
+    losses16, params16, _ = run_steps(config, jax.devices()[:1], fixed_batches(2))
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params16))  # parameters stay float32
+    np.testing.assert_allclose(losses16, losses32, rtol=0.02)
+    assert losses16 != losses32  # bfloat16 really was used
+
+
 def test_gradient_accumulation_equals_the_full_batch(data_dir):
     # With BN on running statistics (frozen) the micro-batches see exactly what the full batch sees.
     config = tiny_config(data_dir, crop_size=32, global_batch_size=8, **{"model.frozen_bn": True})

@@ -78,7 +78,8 @@ def _prepare_data(config):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir``; returns the last evaluation's summary (`metrics.summarize`)."""
+    """Train ``config`` in ``workdir``; returns the last evaluation's summary (`metrics.summarize`), or None
+    when this call ran none (a run that was already complete)."""
     mesh = parallel.make_mesh()
     check_config(config, mesh.size, jax.process_count())
     is_main = jax.process_index() == 0

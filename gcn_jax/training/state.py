@@ -35,12 +35,18 @@ def cross_entropy_sum(logits, labels):
     return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid, dtype=jnp.int32)
 
 
+def _init_input(config) -> jax.ShapeDtypeStruct:
+    """One crop-sized image: what the model is initialised on (its variables do not depend on the size)."""
+    crop = config.crop_size
+    height, width = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    return jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+
+
 def init_variables(model, config, seed: int) -> dict:
     """Host (numpy) variables: a fresh init, the backbone replaced by `config.model.pretrained` if set. Every
     process computes the same values from the same seed."""
-    crop = config.crop_size if isinstance(config.crop_size, int) else tuple(config.crop_size)
-    shape = (1, *((crop, crop) if isinstance(crop, int) else crop), 3)
-    variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
+    x = _init_input(config)
+    variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros(x.shape, x.dtype))
     variables = jax.tree.map(np.asarray, dict(variables))
     if config.model.pretrained:
         variables = load_backbone(variables, config.model.pretrained)
@@ -61,11 +67,10 @@ def create_train_state(config, mesh, tx) -> TrainState:
 
 def abstract_train_state(config, mesh, tx) -> TrainState:
     """Shapes, dtypes and shardings of `create_train_state`'s result, without computing it (restore target)."""
+    x = _init_input(config)
+
     def make():
-        model = build_model(config.model)
-        crop = config.crop_size
-        hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
-        variables = model.init(jax.random.key(0), jnp.zeros((1, *hw, 3), jnp.float32))
+        variables = build_model(config.model).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype))
         return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                           batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
                           rng=jax.random.key_data(jax.random.key(0)))
@@ -77,10 +82,10 @@ def abstract_train_state(config, mesh, tx) -> TrainState:
 
 def abstract_variables(config, mesh) -> dict:
     """{'params', 'batch_stats'} shapes and replicated shardings of the config's model (evaluation target)."""
+    x = _init_input(config)
+
     def make():
-        crop = config.crop_size
-        hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
-        return build_model(config.model).init(jax.random.key(0), jnp.zeros((1, *hw, 3), jnp.float32))
+        return build_model(config.model).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype))
 
     shapes = jax.eval_shape(make)
     sharding = parallel.replicated(mesh)
