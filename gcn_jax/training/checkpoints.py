@@ -72,7 +72,7 @@ def make_manager(workdir: str, keep_latest: int = 2, keep_best: int = 2, read_on
 
 def save(manager: ocp.CheckpointManager, state, data_iterator, miou: float | None = None) -> bool:
     """Start an asynchronous save of ``state`` and the iterator position at ``state.step``."""
-    step = int(np.asarray(state.step.addressable_data(0)))
+    step = host_step(state)
     items = {STATE: ocp.args.StandardSave(state),
              DATA: grain.checkpoint.CheckpointSave(_IteratorState(data_iterator.get_state()))}
     metrics = None if miou is None else {"miou": float(miou)}
@@ -186,4 +186,5 @@ def restore_variables(manager: ocp.CheckpointManager, step: int, target: dict) -
 
 
 def host_step(state) -> int:
-    return int(np.asarray(jax.device_get(state.step.addressable_data(0))))
+    """The (replicated) step counter as a Python int, read from this process's own copy."""
+    return int(np.asarray(state.step.addressable_data(0)))
