@@ -386,3 +386,18 @@ def test_eval_and_predict_command_lines(run_40, tmp_path):
                              str(tmp_path / "missing.jpg")], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0 and "missing.jpg: no such file or folder" in result.stderr
+
+
+def test_distributed_starts_only_for_multi_process_launches(monkeypatch):
+    detect = parallel._cluster_in_environment
+    assert not detect({})
+    assert not detect({"SLURM_JOB_ID": "7"})  # an salloc shell: one process, no jax.distributed
+    assert not detect({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1"})
+    assert detect({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-4]", "SLURM_NTASKS": "4"})
+    assert detect({"OMPI_COMM_WORLD_SIZE": "2"}) and not detect({"OMPI_COMM_WORLD_SIZE": "1"})
+    assert detect({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+    assert detect({"TPU_WORKER_HOSTNAMES": "t1,t2"}) and not detect({"TPU_WORKER_HOSTNAMES": "localhost"})
+    assert parallel.maybe_initialize_distributed(False) is False
+    monkeypatch.setenv("JAX_PROCESS_ID", "first")
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID='first': expected an integer"):
+        parallel.maybe_initialize_distributed(True)
