@@ -57,7 +57,7 @@ def main(argv):
         output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{step}.json")
         with open(output, "w") as f:
             json.dump({"step": step, "dataset": config.data.name, "split": config.data.eval_split,
-                       "inference": {k: v for k, v in options.items()}, **summary}, f, indent=2)
+                       "inference": options, **summary}, f, indent=2)
         print(f"wrote {output}")
 
 

@@ -48,12 +48,8 @@ def saved_params(workdir, step=None):
     metadata = metadata.tree if hasattr(metadata, "tree") else metadata
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), metadata["params"])
+    restored = checkpoints.restore_variables(manager, step, {"params": target})
     manager.close()
-    ocp = checkpoints.ocp
-    path = os.path.join(checkpoints.checkpoint_dir(str(workdir)), str(step), checkpoints.STATE)
-    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-        {"params": target}, restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
-        partial_restore=True))
     return step, jax.tree.map(np.asarray, restored["params"])
 
 

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from gcn_jax import parallel
 
 STATE, DATA = "state", "data"
 
@@ -106,8 +107,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target, keys=("p
     saved = saved.tree if hasattr(saved, "tree") else saved
 
     def flat(tree, key):
-        sub = tree[key] if isinstance(tree, Mapping) else getattr(tree, key)
-        flat_tree = traverse_util.flatten_dict(_to_dict(sub), sep="/") if _to_dict(sub) else {}
+        sub = _to_dict(tree[key] if isinstance(tree, Mapping) else getattr(tree, key))
+        flat_tree = traverse_util.flatten_dict(sub, sep="/") if sub else {}
         return {f"{key}/{k}": tuple(v.shape) for k, v in flat_tree.items() if hasattr(v, "shape")}
 
     # Parameters first: differences in BN statistics and optimizer state follow from them.
@@ -176,9 +177,10 @@ def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=Non
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
-    """Only {'params', 'batch_stats'} of a checkpoint (for evaluation: independent of the optimizer config),
-    onto ``target``'s shardings."""
-    check_compatible(manager, step, target, keys=("params", "batch_stats"))
+    """Only the parts of the train state named in ``target`` (e.g. {'params', 'batch_stats'} for evaluation,
+    independent of the optimizer config), onto ``target``'s shardings."""
+    # Parameters first, whatever the target's key order (jax.tree.map sorts dict keys).
+    check_compatible(manager, step, target, keys=tuple(k for k in ("params", "batch_stats") if k in target))
     path = os.path.join(str(manager.directory), str(step), STATE)
     with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
@@ -187,4 +189,4 @@ def restore_variables(manager: ocp.CheckpointManager, step: int, target: dict) -
 
 def host_step(state) -> int:
     """The (replicated) step counter as a Python int, read from this process's own copy."""
-    return int(np.asarray(state.step.addressable_data(0)))
+    return int(parallel.fetch(state.step))

@@ -65,17 +65,7 @@ def create_train_state(config, mesh, tx) -> TrainState:
     return TrainState(opt_state=opt_state, **placed)
 
 
-def abstract_train_state(config, mesh, tx) -> TrainState:
-    """Shapes, dtypes and shardings of `create_train_state`'s result, without computing it (restore target)."""
-    x = _init_input(config)
-
-    def make():
-        variables = build_model(config.model).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
-                          rng=jax.random.key_data(jax.random.key(0)))
-
-    shapes = jax.eval_shape(make)
+def _replicated_shapes(shapes, mesh):
     sharding = parallel.replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -83,14 +73,16 @@ def abstract_train_state(config, mesh, tx) -> TrainState:
 def abstract_variables(config, mesh) -> dict:
     """{'params', 'batch_stats'} shapes and replicated shardings of the config's model (evaluation target)."""
     x = _init_input(config)
+    shapes = jax.eval_shape(lambda: build_model(config.model).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
+    return _replicated_shapes({k: shapes.get(k, {}) for k in ("params", "batch_stats")}, mesh)
 
-    def make():
-        return build_model(config.model).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype))
 
-    shapes = jax.eval_shape(make)
-    sharding = parallel.replicated(mesh)
-    return {k: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes[k])
-            for k in ("params", "batch_stats")}
+def abstract_train_state(config, mesh, tx) -> TrainState:
+    """Shapes, dtypes and shardings of `create_train_state`'s result, without computing it (restore target)."""
+    variables = abstract_variables(config, mesh)
+    rest = jax.eval_shape(lambda: {"step": jnp.zeros((), jnp.int32), "opt_state": tx.init(variables["params"]),
+                                   "rng": jax.random.key_data(jax.random.key(0))})
+    return TrainState(**variables, **_replicated_shapes(rest, mesh))
 
 
 def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
