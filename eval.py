@@ -12,42 +12,27 @@ import os
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Config file the run was trained with.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/).")
-flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (highest validation mIoU) or a step number.")
+from gcn_jax import cli
+
+cli.define_flags("Config file the run was trained with.", checkpoint=True, distributed=True)
 flags.DEFINE_string("output", None, "JSON file for the results (default: <workdir>/eval_<step>.json).")
-flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when the environment names "
-                  "a cluster).")
-flags.register_validator("checkpoint", lambda v: v in ("latest", "best") or v.isdigit(),
-                         message="--checkpoint must be 'latest', 'best' or a step number")
-flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gcn_jax import parallel
-
-    parallel.maybe_initialize_distributed(FLAGS.distributed)
+    cli.start(argv)
     import jax
 
-    from gcn_jax.config_checks import check_config
+    from gcn_jax import parallel
     from gcn_jax.evaluation import evaluate, metrics
-    from gcn_jax.evaluation.restore import restore_variables
-    from gcn_jax.training.logger import quiet_library_logs
+    from gcn_jax.training.checkpoints import load_variables
 
-    quiet_library_logs()
-
-    config = FLAGS.config
     mesh = parallel.make_mesh()
-    check_config(config, mesh.size, jax.process_count(), training=False)
-    which = FLAGS.checkpoint if not FLAGS.checkpoint.isdigit() else int(FLAGS.checkpoint)
-    model, variables, step = restore_variables(config, FLAGS.workdir, which, mesh)
+    config = cli.checked_config(mesh, training=False)
+    model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
     start = time.perf_counter()
-    summary = evaluate.evaluate_config(config, model, variables, mesh)
+    summary = evaluate.Evaluator(config, model, mesh)(variables)
     seconds = time.perf_counter() - start
     if jax.process_index() == 0:
         options = evaluate.inference_options(config.eval)

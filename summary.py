@@ -13,6 +13,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from gcn_jax.images import size_pair
 from gcn_jax.models import ResNetClassifier, build_model, summary
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -36,7 +37,7 @@ def main(argv):
         default = (224, 224)
     else:
         model = build_model(config.model)
-        default = (config.crop_size, config.crop_size)
+        default = size_pair(config.crop_size, "crop_size")
     h, w = (int(v) for v in FLAGS.image_size.split(",")) if FLAGS.image_size else default
     shape = (1, h, w, 3)
     print(f"model: {model.__class__.__name__}({config.model.backbone}) on {jax.devices()[0].platform}")

@@ -20,7 +20,7 @@ from PIL import Image
 
 def write_voc_tree(root: str, count: int) -> None:
     from gcn_jax.data import synthetic
-    from gcn_jax.data.common import palette_image
+    from gcn_jax.labels import palette_image
 
     cfg = synthetic.SyntheticShapesConfig(name="bench", height=375, width=500, max_objects=6)
     voc = os.path.join(root, "VOCdevkit", "VOC2012")
@@ -55,20 +55,21 @@ def main() -> None:
     parser.add_argument("--photometric", action="store_true")
     args = parser.parse_args()
 
+    from configs import default
     from gcn_jax.data import pipeline
     from gcn_jax.data.build import build
 
     with tempfile.TemporaryDirectory() as tmp:
         write_voc_tree(os.path.join(tmp, "raw"), args.num_images)
         source = build("voc_sbd/voc", os.path.join(tmp, "raw"), os.path.join(tmp, "tfds")).as_data_source()["train"]
-        spec = pipeline.dataset_spec("voc_sbd/voc")
         print(f"crop {args.crop}x{args.crop}, batch {args.batch}, augment={args.augment}, "
               f"photometric={args.photometric}, read_threads={args.read_threads}, {os.cpu_count()} CPUs")
         for workers in (int(w) for w in args.workers.split(",")):
-            loader = pipeline.train_loader(
-                source, spec, crop_size=args.crop, global_batch_size=args.batch, seed=0, augment=args.augment,
-                photometric=args.photometric, worker_count=workers, read_threads=args.read_threads,
-                process_index=0, process_count=1)
+            data = default.get_config().data
+            data.update(name="voc_sbd/voc", seed=0, augment=args.augment, photometric=args.photometric,
+                        worker_count=workers, read_threads=args.read_threads)
+            loader = pipeline.train_loader(data, args.crop, args.batch, source=source, process_index=0,
+                                           process_count=1)
             it = iter(loader)
             for _ in range(args.warmup):
                 next(it)

@@ -28,24 +28,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.deconv_kernel_size = 3
     config.model.frozen_bn = False  # backbone BN uses running statistics only
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    # ImageNet weights for the backbone (.safetensors / .npz, see README "Pretrained weights"); unset: random init.
+    # ImageNet weights for the backbone (.safetensors / .npz, see README "Pretrained backbones"); unset: random init.
     config.model.pretrained = config_dict.placeholder(str)
 
     config.crop_size = 512  # training crop (int or (height, width)); the model summary uses it as its input size
     config.global_batch_size = 8  # examples per optimizer step over all devices and processes
     config.eval_batch_size = 8  # global batch of full-resolution validation images
 
-    # Training length and periods, in optimizer steps. The paper states none of them (PAPER.md): 30k steps of
-    # 8 crops is about 23 epochs of VOC+SBD trainaug.
-    config.seed = 0  # parameter initialisation and the training RNG
+    # Training length and periods, in optimizer steps. The paper states none of them: 30k steps of 8 crops is
+    # about 23 epochs of VOC+SBD trainaug.
+    config.seed = 0  # parameter initialisation
     config.num_train_steps = 30_000
     config.log_every_steps = 50
     config.eval_every_steps = 2_000  # validation mIoU during training (0: only at the end)
     config.checkpoint_every_steps = 1_000  # also saved at the end, at every evaluation and on SIGTERM/SIGINT
 
-    # The paper: SGD, batch 1, momentum 0.99, weight decay 5e-4; learning rate and schedule not stated. With
-    # 8 crops per step we use momentum 0.9 (a similar averaging horizon in images: ~100 vs ~80), the paper's
-    # weight decay, and the poly schedule common to segmentation work.
+    # The paper: SGD, batch 1, momentum 0.99, weight decay 5e-4; learning rate and schedule not stated. Ours
+    # for 8 crops per step, and the overrides for the paper's exact recipe: README, "Configs".
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"  # sgd (the paper's) | adamw
     config.optimizer.learning_rate = 0.01  # peak, reached after warmup

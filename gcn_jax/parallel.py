@@ -56,8 +56,10 @@ def _cluster_in_environment(env) -> bool:
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """The one-axis data-parallel mesh over ``devices`` (default: every device of every process), in the
+    device order `jax.make_mesh` picks for the platform's topology."""
     devices = jax.devices() if devices is None else list(devices)
-    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh) -> NamedSharding:

@@ -1,6 +1,28 @@
 """Every test process sees 4 CPU devices, so the sharded code paths (a batch split over devices, replicated
-parameters) are exercised without accelerators. Must run before any JAX computation."""
+parameters) are exercised without accelerators (set before any JAX computation). Also the fixtures that
+several test files share: the tiny synthetic set and one 40-step training run."""
 
 import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+from gcn_jax.data.datasets import load_source  # noqa: E402
+from gcn_jax.training.loop import train_and_evaluate  # noqa: E402
+from tests.tiny_run import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    load_source("synthetic_shapes/tiny", "train", data_dir)  # generated on first use
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def run_40(data_dir, tmp_path_factory):
+    """40 uninterrupted steps on 4 devices, evaluated at step 20 and at the end."""
+    workdir = str(tmp_path_factory.mktemp("run40"))
+    config = tiny_config(data_dir, num_train_steps=40, eval_every_steps=20)
+    summary = train_and_evaluate(config, workdir)
+    return config, workdir, summary

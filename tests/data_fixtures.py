@@ -11,7 +11,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from gcn_jax.data.common import palette_image
+from gcn_jax.labels import palette_image
 
 # VOC ids: a* in VOC train, v* in VOC val, s* only in SBD. SBD lists overlap VOC train and VOC val on purpose.
 VOC_TRAIN = ["2007_000032", "2007_000039", "2008_000002"]

@@ -8,10 +8,12 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import gcn_jax.data  # noqa: F401  (registers the builders)
+from configs import default
+from gcn_jax import labels
 from gcn_jax.data import common, synthetic
 from gcn_jax.data.build import build
-from gcn_jax.data.pipeline import dataset_spec, eval_loader
+from gcn_jax.data.datasets import load_source
+from gcn_jax.data.pipeline import eval_loader
 from tests import data_fixtures as fx
 
 
@@ -72,9 +74,9 @@ def test_masks_round_trip_exactly(voc_built):
 
 def test_palette_png_is_read_as_indices_not_colours(tmp_path):
     mask = np.array([[0, 1, 15], [255, 20, 7]], np.uint8)
-    common.palette_image(mask).save(tmp_path / "m.png")
+    labels.palette_image(mask).save(tmp_path / "m.png")
     np.testing.assert_array_equal(common.read_index_png(str(tmp_path / "m.png"), "m.png"), mask)
-    Image.fromarray(common.colorize(mask)).save(tmp_path / "rgb.png")
+    Image.fromarray(labels.colorize(mask)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb\.png.*mode 'RGB'"):
         common.read_index_png(str(tmp_path / "rgb.png"), "rgb.png")
 
@@ -103,7 +105,7 @@ def test_label_value_outside_the_classes_is_an_error(voc_root, tmp_path):
     bad = written["voc_masks"][image_id].copy()
     bad[1, 1] = 37
     path = os.path.join(broken, "VOCdevkit", "VOC2012", "SegmentationClass", image_id + ".png")
-    common.palette_image(bad).save(path)
+    labels.palette_image(bad).save(path)
     with pytest.raises(ValueError, match=rf"{path}: label values \[37\]"):
         build("voc_sbd/voc", manual_dir=broken, data_dir=str(tmp_path / "out"))
 
@@ -141,8 +143,9 @@ def test_cityscapes_builds_from_the_zips(cityscapes_built):
 def test_cityscapes_pipeline_maps_every_label_id_to_its_train_id(cityscapes_built):
     data_dir, written = cityscapes_built
     src = tfds.builder("cityscapes_fine", data_dir=data_dir).as_data_source()["train"]
-    loader, _ = eval_loader(src, dataset_spec("cityscapes_fine"), pad_size=(16, 48), global_batch_size=len(src),
-                            process_index=0, process_count=1)
+    data = default.get_config().data
+    data.update(name="cityscapes_fine", eval_pad_size=(16, 48), worker_count=0)
+    loader, _ = eval_loader(data, len(src), source=src, process_index=0, process_count=1)
     (batch,) = list(loader)
     checked = set()
     for row, index in enumerate(batch["index"]):
@@ -201,8 +204,7 @@ def test_synthetic_is_a_shape_task():
 
 def test_synthetic_sizes_and_counts_are_configurable(tmp_path):
     """A custom config builds with its sizes and counts and is then read by name, like the registered ones."""
-    from gcn_jax.data import SyntheticShapesConfig
-    from gcn_jax.data.pipeline import load_source
+    from gcn_jax.data.synthetic import SyntheticShapesConfig
 
     cfg = SyntheticShapesConfig(name="wide", height=24, width=40, num_train=5, num_validation=3, max_objects=2)
     tfds.builder("synthetic_shapes", config=cfg, data_dir=str(tmp_path)).download_and_prepare()

@@ -6,11 +6,12 @@ import itertools
 import numpy as np
 import pytest
 
-from gcn_jax.data import common, pipeline, synthetic
+from configs import default
+from gcn_jax import labels
+from gcn_jax.data import datasets, pipeline, synthetic
 from gcn_jax.data.build import build
-from gcn_jax.data.transforms import EvalTransform, TrainTransform, denormalize, normalize, pad_to
-
-SPEC = pipeline.dataset_spec("synthetic_shapes/tiny")
+from gcn_jax.data.transforms import EvalTransform, TrainTransform, pad_to
+from gcn_jax.images import denormalize, normalize
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +22,16 @@ def tiny(tmp_path_factory):
     return src["train"], src["validation"]
 
 
-def _train(source, **kw):
-    args = dict(crop_size=(40, 56), global_batch_size=4, seed=7, process_index=0, process_count=1)
-    return pipeline.train_loader(source, SPEC, **{**args, **kw})
+def _data_config(**overrides):
+    """configs/default.py's data section for synthetic_shapes/tiny, read in this process, with overrides."""
+    data = default.get_config().data
+    data.update({"name": "synthetic_shapes/tiny", "seed": 7, "worker_count": 0, **overrides})
+    return data
+
+
+def _train(source, crop_size=(40, 56), global_batch_size=4, process_index=0, process_count=1, **data):
+    return pipeline.train_loader(_data_config(**data), crop_size, global_batch_size, source=source,
+                                 process_index=process_index, process_count=process_count)
 
 
 def test_train_batches_have_the_configured_shapes_and_label_values(tiny):
@@ -133,8 +141,8 @@ def test_eval_covers_every_example_exactly_once(tiny, process_count):
     _, val = tiny  # 10 records: with 3 processes blocks of 4, 3, 3
     counts, batches = np.zeros(len(val), int), []
     for p in range(process_count):
-        loader, num_batches = pipeline.eval_loader(val, SPEC, pad_size=(56, 72), global_batch_size=2 * process_count,
-                                                   process_index=p, process_count=process_count)
+        loader, num_batches = pipeline.eval_loader(_data_config(eval_pad_size=(56, 72)), 2 * process_count,
+                                                   source=val, process_index=p, process_count=process_count)
         got = list(loader)
         batches.append(len(got))
         assert len(got) == num_batches
@@ -148,7 +156,6 @@ def test_eval_covers_every_example_exactly_once(tiny, process_count):
                 ex = val[int(index)]
                 h, w = ex["label"].shape[:2]
                 assert b["mask"][row].sum() == h * w and b["mask"][row, :h, :w].all()
-                assert (b["height"][row], b["width"][row]) == (h, w)
                 np.testing.assert_array_equal(b["label"][row, :h, :w], ex["label"][..., 0])
                 np.testing.assert_allclose(b["image"][row, :h, :w], normalize(ex["image"]), atol=1e-6)
     np.testing.assert_array_equal(counts, 1)
@@ -185,11 +192,11 @@ def test_bad_settings_are_clear_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="augment mode 'heavy'"):
         _train(train, augment="heavy")
     with pytest.raises(ValueError, match="unknown dataset 'voc2012'"):
-        pipeline.dataset_spec("voc2012")
+        datasets.dataset_spec("voc2012")
     with pytest.raises(FileNotFoundError, match="(?s)voc_sbd/aug is not built.*gcn_jax.data.build voc_sbd/aug"):
-        pipeline.load_source("voc_sbd/aug", "train", str(tmp_path))
+        datasets.load_source("voc_sbd/aug", "train", str(tmp_path))
     with pytest.raises(ValueError, match="has no split 'val'"):
-        pipeline.load_source("synthetic_shapes/tiny", "val", str(tmp_path))
+        datasets.load_source("synthetic_shapes/tiny", "val", str(tmp_path))
     element = {"image": np.zeros((48, 64, 3), np.uint8), "label": np.zeros((48, 64, 1), np.uint8),
                "image_id": b"validation_000003", "index": 3}
     with pytest.raises(ValueError, match="validation_000003.*48x64.*larger than the evaluation pad size 40x80"):
@@ -197,7 +204,7 @@ def test_bad_settings_are_clear_errors(tiny, tmp_path):
 
 
 def test_colorize_draws_classes_and_ignore():
-    rgb = common.colorize(np.array([[0, 1, 255]], np.uint8))
+    rgb = labels.colorize(np.array([[0, 1, 255]], np.uint8))
     np.testing.assert_array_equal(rgb[0], [[0, 0, 0], [128, 0, 0], [255, 255, 255]])
 
 
@@ -217,7 +224,7 @@ def test_show_data_writes_a_grid_of_examples_and_masks(tmp_path):
     grid = np.asarray(Image.open(out))
     assert grid.shape == (2 * 40 + 4, 2 * (2 * 40 + 4) + 4, 3)
     mask_tile = grid[:40, 44:84].reshape(-1, 3)  # first example's mask: PASCAL colours of 0-5 or white (ignore)
-    allowed = {tuple(c) for c in common.PASCAL_PALETTE[: synthetic.NUM_CLASSES]} | {(255, 255, 255)}
+    allowed = {tuple(c) for c in labels.PASCAL_PALETTE[: synthetic.NUM_CLASSES]} | {(255, 255, 255)}
     assert {tuple(c) for c in mask_tile} <= allowed
 
 

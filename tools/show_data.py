@@ -29,15 +29,12 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     config = FLAGS.config
-    config.unlock()  # the batch sizes below are set from --num
-    if FLAGS.split == "train":
-        config.global_batch_size = FLAGS.num  # one batch of --num examples, from a single-process view
-        it = iter(pipeline.train_loader_from_config(config, process_index=0, process_count=1))
-        batch = next(it)
+    if FLAGS.split == "train":  # one batch of --num examples, from a single-process view
+        loader = pipeline.train_loader(config.data, config.crop_size, FLAGS.num, process_index=0, process_count=1)
+        batch = next(iter(loader))
         images, labels = batch["image"], batch["label"]
     else:
-        config.eval_batch_size = FLAGS.num
-        loader, _ = pipeline.eval_loader_from_config(config, process_index=0, process_count=1)
+        loader, _ = pipeline.eval_loader(config.data, FLAGS.num, process_index=0, process_count=1)
         batch = next(iter(loader))
         keep = batch["index"] >= 0
         images, labels = batch["image"][keep], batch["label"][keep]

@@ -4,9 +4,9 @@
     python -m gcn_jax.data.build cityscapes_fine --manual_dir ~/data/cityscapes
     python -m gcn_jax.data.build synthetic_shapes/default
 
-tfds's own `tfds build --imports gcn_jax.data voc_sbd/aug --manual_dir ...` does the same where TensorFlow is
-installed; its command line imports TensorFlow at start-up (tfds 4.9), this one does not. An existing,
-complete build is left as it is; tfds writes a new one to a temporary folder and renames it only when done,
+tfds's own `tfds build --imports gcn_jax.data.datasets voc_sbd/aug --manual_dir ...` does the same where
+TensorFlow is installed; its command line imports TensorFlow at start-up (tfds 4.9), this one does not. An
+existing, complete build is left as it is; tfds writes a new one to a temporary folder and renames it only when done,
 so a failed build leaves nothing half-written behind.
 """
 
@@ -17,8 +17,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-import gcn_jax.data  # noqa: F401  (registers the builders)
-from gcn_jax.data.pipeline import dataset_spec
+from gcn_jax.data.datasets import dataset_spec  # also registers the builders
 
 
 def build(name: str, manual_dir: str | None = None, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -1,4 +1,4 @@
-"""Pieces shared by the tfds builders: the array_record default, label-mask I/O, missing-file errors, colours.
+"""Pieces shared by the tfds builders: the array_record default, label-mask I/O and missing-file errors.
 
 Every builder stores the same three features, so the input pipeline reads all datasets alike:
 ``image`` (uint8, (height, width, 3)), ``label`` (uint8 class indices, (height, width, 1), 255 = ignore)
@@ -16,8 +16,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
-
-IGNORE_LABEL = 255
 
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
@@ -84,36 +82,3 @@ def require_files(paths: Sequence[str], what: str, where: str, hint: str = "") -
         f"{len(missing)} of {len(paths)} {what} missing; they should be in {where}:\n  {shown}{more}"
         + (f"\n{hint}" if hint else "")
     )
-
-
-def pascal_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map, (n, 3) uint8: class i's colour is built from the bits of i."""
-    palette = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette[i] = (r, g, b)
-    return palette
-
-
-PASCAL_PALETTE = pascal_palette()
-
-
-def palette_image(indices: np.ndarray) -> Image.Image:
-    """A (height, width) uint8 index array as a PASCAL palette PNG image, VOC's own label format."""
-    image = Image.fromarray(np.asarray(indices, np.uint8), mode="P")
-    image.putpalette(PASCAL_PALETTE.ravel().tolist())
-    return image
-
-
-def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
-    """Class-index mask (height, width) -> RGB (height, width, 3); 255 (ignore) is drawn white."""
-    palette = PASCAL_PALETTE if palette is None else palette
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: len(palette)] = palette[:256]
-    lut[IGNORE_LABEL] = (255, 255, 255)
-    return lut[np.asarray(mask, np.uint8)]

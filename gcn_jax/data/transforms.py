@@ -18,21 +18,18 @@ import cv2
 import grain
 import numpy as np
 
-from gcn_jax.data.common import IGNORE_LABEL
+from gcn_jax.images import normalize
+from gcn_jax.labels import IGNORE_LABEL
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 AUGMENT_MODES = ("strong", "paper")
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 or float RGB in [0, 255] -> float32, ImageNet mean/std per channel."""
-    return (np.asarray(image, np.float32) - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def denormalize(image: np.ndarray) -> np.ndarray:
-    """Inverse of `normalize`, back to uint8 RGB (for looking at batches)."""
-    return np.clip(np.asarray(image) * IMAGENET_STD + IMAGENET_MEAN, 0, 255).round().astype(np.uint8)
+def check_augment(mode: str, scale_range: Sequence[float]) -> None:
+    """`mode` is one of `AUGMENT_MODES` and `scale_range` a (min, max) with 0 < min <= max."""
+    if mode not in AUGMENT_MODES:
+        raise ValueError(f"augment mode {mode!r}: expected one of {AUGMENT_MODES}")
+    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(f"scale_range {tuple(scale_range)}: expected (min, max) with 0 < min <= max")
 
 
 def rescale(image: np.ndarray, label: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -84,11 +81,8 @@ class TrainTransform(grain.transforms.RandomMap):
 
     def __init__(self, crop_size: Sequence[int], mode: str = "strong", scale_range: Sequence[float] = (0.5, 2.0),
                  photometric: bool = False, label_lut: np.ndarray | None = None):
-        if mode not in AUGMENT_MODES:
-            raise ValueError(f"augment mode {mode!r}: expected one of {AUGMENT_MODES}")
+        check_augment(mode, scale_range)
         lo, hi = scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range {tuple(scale_range)}: expected 0 < min <= max")
         self.crop_size = tuple(int(c) for c in crop_size)
         self.mode, self.scale_range, self.photometric, self.label_lut = mode, (lo, hi), photometric, label_lut
 
@@ -113,7 +107,7 @@ class TrainTransform(grain.transforms.RandomMap):
 class EvalTransform(grain.transforms.Map):
     """Decoded tfds example -> the full-resolution image padded to ``pad_size``: {'image': float32
     (pad_h, pad_w, 3), 'label': int32 (pad_h, pad_w), 'mask': bool, true on the image's own pixels and false on
-    padding and on padding examples, 'height'/'width': the image's size, 'index': record index, -1 for padding}."""
+    padding and on padding examples, 'index': record index, -1 for padding}."""
 
     def __init__(self, pad_size: Sequence[int], label_lut: np.ndarray | None = None):
         self.pad_size, self.label_lut = tuple(int(p) for p in pad_size), label_lut
@@ -127,8 +121,6 @@ class EvalTransform(grain.transforms.Map):
                 f"{self.pad_size[0]}x{self.pad_size[1]}; raise eval_pad_size"
             )
         image, label = pad_to(normalize(image), label, self.pad_size)
-        real = element["index"] >= 0
         mask = np.zeros(self.pad_size, bool)
-        mask[:h, :w] = real
-        return {"image": image, "label": label.astype(np.int32), "mask": mask, "index": np.int32(element["index"]),
-                "height": np.int32(h if real else 0), "width": np.int32(w if real else 0)}
+        mask[:h, :w] = element["index"] >= 0
+        return {"image": image, "label": label.astype(np.int32), "mask": mask, "index": np.int32(element["index"])}

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from gcn_jax.data.common import colorize
-from gcn_jax.data.transforms import denormalize
+from gcn_jax.images import denormalize
+from gcn_jax.labels import colorize
 
 
 def example_grid(images: np.ndarray, labels: np.ndarray, columns: int = 4, gap: int = 4) -> np.ndarray:
     """Normalized images (n, h, w, 3) and labels (n, h, w) -> one uint8 RGB picture: each example as the image
     next to its colour-coded mask (PASCAL colours, ignore = white), ``columns`` examples per row."""
     n, h, w = labels.shape
-    rows = -(-n // columns)
+    rows = math.ceil(n / columns)
     tile_w = 2 * w + gap
     grid = np.full((rows * (h + gap) - gap, min(n, columns) * (tile_w + gap) - gap, 3), 255, np.uint8)
     for i in range(n):

@@ -21,13 +21,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from gcn_jax.data import common
+from gcn_jax.labels import IGNORE_LABEL
 
 NUM_CLASSES = 21
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-_LABELS = set(range(NUM_CLASSES)) | {common.IGNORE_LABEL}
+_LABELS = set(range(NUM_CLASSES)) | {IGNORE_LABEL}
 
 
 class VocSbdConfig(tfds.core.BuilderConfig):

@@ -8,17 +8,21 @@ import jax.numpy as jnp
 
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
+from gcn_jax.data.datasets import dataset_spec
 from gcn_jax.evaluation import inference, metrics
 
 
 def inference_options(eval_config) -> dict:
-    """`inference.multi_scale` keyword arguments from ``config.eval``."""
+    """`inference.multi_scale` keyword arguments from ``config.eval``, checked (`inference.check_options`).
+    A window without a stride steps by half the window."""
     window = tuple(eval_config.window_size) or None
     stride = tuple(eval_config.window_stride) or None
     if window is not None and stride is None:
         stride = tuple(max(1, w // 2) for w in window)
-    return {"scales": tuple(eval_config.scales), "flip": bool(eval_config.flip), "window": window,
-            "stride": stride}
+    options = {"scales": tuple(eval_config.scales), "flip": bool(eval_config.flip), "window": window,
+               "stride": stride}
+    inference.check_options(options["scales"], window, stride)
+    return options
 
 
 def make_eval_step(model, mesh, num_classes: int, eval_config):
@@ -36,25 +40,25 @@ def make_eval_step(model, mesh, num_classes: int, eval_config):
     return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
 
 
-def evaluate(eval_step, variables, loader, num_batches: int, mesh, class_names, max_batches: int = 0) -> dict:
-    """Run ``eval_step`` over ``loader`` (from `pipeline.eval_loader`) and summarise (`metrics.summarize`).
-    ``max_batches`` > 0 stops early (a quicker estimate during training); every process stops at the same
-    batch."""
-    limit = num_batches if max_batches <= 0 else min(num_batches, max_batches)
-    totals = None
-    for i, batch in enumerate(loader):
-        if i >= limit:
-            break
-        counts = eval_step(variables, parallel.global_batch(mesh, {k: batch[k] for k in ("image", "label", "mask")}))
-        totals = metrics.add_counts(totals, parallel.fetch(counts))
-    if totals is None:
-        raise ValueError("the validation split is empty")
-    return metrics.summarize(totals, class_names)
+class Evaluator:
+    """Evaluates model variables on ``config.data.eval_split`` with the inference options of ``config.eval``.
+    Built once (loader and compiled step), called at every evaluation: ``evaluator(variables)`` returns
+    `metrics.summarize`'s dict."""
 
+    def __init__(self, config, model, mesh):
+        self.mesh = mesh
+        self.class_names = dataset_spec(config.data.name).class_names
+        self.loader, self.num_batches = pipeline.eval_loader(config.data, config.eval_batch_size)
+        self.step = make_eval_step(model, mesh, len(self.class_names), config.eval)
 
-def evaluate_config(config, model, variables, mesh, max_batches: int = 0) -> dict:
-    """Evaluate ``variables`` on ``config.data.eval_split`` with the inference options of ``config.eval``."""
-    spec = pipeline.dataset_spec(config.data.name)
-    loader, num_batches = pipeline.eval_loader_from_config(config)
-    step = make_eval_step(model, mesh, spec.num_classes, config.eval)
-    return evaluate(step, variables, loader, num_batches, mesh, spec.class_names, max_batches)
+    def __call__(self, variables, max_batches: int = 0) -> dict:
+        """``max_batches`` > 0 stops early (a quicker estimate during training); every process stops at the
+        same batch."""
+        limit = self.num_batches if max_batches <= 0 else min(self.num_batches, max_batches)
+        totals = None
+        for _, batch in zip(range(limit), self.loader):
+            arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "label", "mask")})
+            totals = metrics.add_counts(totals, parallel.fetch(self.step(variables, arrays)))
+        if totals is None:
+            raise ValueError("the validation split is empty")
+        return metrics.summarize(totals, self.class_names)

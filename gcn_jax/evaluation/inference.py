@@ -21,17 +21,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gcn_jax.images import size_pair
+
 ApplyFn = Callable[[jax.Array], jax.Array]
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    """An int or a (height, width) pair of positive ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
-        raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return int(pair[0]), int(pair[1])
+def check_options(scales: Sequence[float] = (1.0,), window=None, stride=None) -> None:
+    """The inference options `multi_scale` and `sliding_window` accept: positive scales; window and stride
+    both unset or both an int or (height, width), the stride at most the window so no pixel is left out."""
+    if not len(scales) or min(scales) <= 0:
+        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {tuple(scales)}")
+    if (window is None) != (stride is None):
+        raise ValueError(f"sliding-window inference needs both window and stride, got {window=}, {stride=}")
+    if window is not None:
+        window, stride = size_pair(window, "window"), size_pair(stride, "stride")
+        if stride[0] > window[0] or stride[1] > window[1]:
+            raise ValueError(f"stride {stride} > window {window} would leave pixels no window covers")
 
 
 def window_positions(size: int, window: int, stride: int) -> list[int]:
@@ -66,10 +71,8 @@ def sliding_window(apply_fn: ApplyFn, images: jax.Array, window, stride) -> jax.
       logits (batch, height, width, classes): per pixel the sum of the logits of every crop containing it,
       divided by the number of such crops. With a single crop, exactly `apply_fn(images)`.
     """
-    window, stride = _pair(window, "window"), _pair(stride, "stride")
-    for w, s in zip(window, stride):
-        if s > w:
-            raise ValueError(f"stride {stride} > window {window} would leave pixels no window covers")
+    check_options(window=window, stride=stride)
+    window, stride = size_pair(window), size_pair(stride)
     height, width = images.shape[1:3]
     wh, ww = min(window[0], height), min(window[1], width)
     ys = window_positions(height, wh, min(stride[0], wh))
@@ -114,11 +117,8 @@ def multi_scale(apply_fn: ApplyFn, images: jax.Array, scales: Sequence[float] = 
     Returns:
       (batch, height, width, classes): logits in the plain case, mean probabilities otherwise.
     """
+    check_options(scales, window, stride)
     scales = tuple(float(s) for s in scales)
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales}")
-    if (window is None) != (stride is None):
-        raise ValueError(f"sliding-window inference needs both window and stride, got {window=}, {stride=}")
 
     def predict(x):
         return apply_fn(x) if window is None else sliding_window(apply_fn, x, window, stride)

@@ -20,9 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gcn_jax.data.common import IGNORE_LABEL
-
-COUNT_KEYS = ("confusion", "boundary_correct", "boundary_total", "interior_correct", "interior_total")
+from gcn_jax.labels import IGNORE_LABEL
 
 
 def _valid_or_all(labels: jnp.ndarray, valid: jnp.ndarray | None) -> jnp.ndarray:

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gcn_jax.data.common import colorize, palette_image
-from gcn_jax.data.transforms import normalize
 from gcn_jax.evaluation import evaluate, inference
+from gcn_jax.images import normalize
+from gcn_jax.labels import colorize, palette_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 

@@ -12,6 +12,7 @@ from gcn_jax.models.blocks import (
 from gcn_jax.models.pretrained import (
     IGNORE_BN_COUNTERS,
     WeightImportError,
+    check_weights_file,
     export_state_dict,
     load_backbone,
     read_state_dict,
@@ -22,6 +23,6 @@ from gcn_jax.models.segmentation import GCNSegmentation, build_model
 __all__ = [
     "HEAD_KINDS", "IGNORE_BN_COUNTERS", "RESNET_SPECS", "BoundaryRefinement", "Deconv2x", "GCNBottleneck",
     "GCNSegmentation", "GlobalConvBlock", "ResNet", "ResNetClassifier", "StackedConvHead", "WeightImportError",
-    "bilinear_kernel", "build_model", "export_state_dict", "load_backbone", "make_head", "read_state_dict",
-    "stage_channels",
+    "bilinear_kernel", "build_model", "check_weights_file", "export_state_dict", "load_backbone", "make_head",
+    "read_state_dict", "stage_channels",
 ]

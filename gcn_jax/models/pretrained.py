@@ -97,11 +97,25 @@ def export_state_dict(variables: Mapping, root: Sequence[str] = ("backbone",)) -
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a flat {name: array} state dict from .safetensors or .npz (no torch needed)."""
+def check_weights_file(path: str | os.PathLike) -> None:
+    """The file exists and is of a format `read_state_dict` reads (.safetensors or .npz); else
+    FileNotFoundError or `WeightImportError` saying what to do."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
+    if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+        raise WeightImportError(
+            f"{path}: PyTorch pickles are not read directly; convert once with "
+            f"`python tools/convert_pth.py {path} {os.path.splitext(path)[0]}.safetensors` (needs torch)"
+        )
+    if not path.endswith((".safetensors", ".npz")):
+        raise WeightImportError(f"{path}: unknown weights format; expected a .safetensors or .npz file")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a flat {name: array} state dict from .safetensors or .npz (no torch needed)."""
+    path = os.fspath(path)
+    check_weights_file(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -110,19 +124,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             state = load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightImportError(f"{path}: not a readable safetensors file ({e})") from e
-    elif path.endswith(".npz"):
+    else:
         try:
             with np.load(path, allow_pickle=False) as f:
                 state = {k: f[k] for k in f.files}
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise WeightImportError(f"{path}: not a readable .npz file ({e})") from e
-    elif path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        raise WeightImportError(
-            f"{path}: PyTorch pickles are not read directly; convert once with "
-            f"`python tools/convert_pth.py {path} {os.path.splitext(path)[0]}.safetensors` (needs torch)"
-        )
-    else:
-        raise WeightImportError(f"{path}: unknown weights format; expected a .safetensors or .npz file")
     return _strip_prefix(state)
 
 
@@ -152,7 +159,6 @@ def load_backbone(
     """
     source = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
     state = read_state_dict(weights) if isinstance(weights, (str, os.PathLike)) else _strip_prefix(dict(weights))
-
     expected = {}  # torch name -> (collection, flax path, transform, flax shape)
     for collection in ("params", "batch_stats"):
         for path, value in _subtree(variables, collection, root).items():
@@ -160,7 +166,21 @@ def load_backbone(
             expected[name] = (collection, path, transform, tuple(np.shape(value)))
     if not expected:
         raise WeightImportError(f"the variables have no subtree at {'/'.join(root) or '<root>'} to load into")
+    loaded = _match(state, expected, ignore, f"{source} does not match the backbone at {'/'.join(root) or '<root>'}")
+    out = {k: dict(v) for k, v in variables.items()}
+    for collection, leaves in loaded.items():
+        if not leaves:
+            continue
+        flat = traverse_util.flatten_dict(dict(out[collection]))
+        for path, value in leaves.items():
+            flat[tuple(root) + path] = value
+        out[collection] = traverse_util.unflatten_dict(flat)
+    return out
 
+
+def _match(state: Mapping[str, np.ndarray], expected: dict, ignore: Sequence[str], title: str) -> dict:
+    """{collection: {flax path: array in flax layout}} for every expected torch name; or one
+    `WeightImportError` under ``title`` listing every missing, unexpected and mis-shaped key."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(k for k in set(state) - set(expected) if not any(fnmatch.fnmatch(k, p) for p in ignore))
     mismatched = []
@@ -179,21 +199,12 @@ def load_backbone(
         loaded[collection][path] = jnp.asarray(converted, jnp.float32)
 
     if missing or unexpected or mismatched:
-        lines = [f"{source} does not match the backbone at {'/'.join(root) or '<root>'}:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape/dtype mismatches", mismatched)):
+        lines = [f"{title}:"]
+        for kind, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                            ("shape/dtype mismatches", mismatched)):
             if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+                lines.append(f"  {kind} ({len(items)}): " + ", ".join(items))
         if missing and len(missing) == len(expected):
             lines.append("  (no key matched: is this a torchvision/timm ResNet state dict of the same depth?)")
         raise WeightImportError("\n".join(lines))
-
-    out = {k: dict(v) for k, v in variables.items()}
-    for collection, leaves in loaded.items():
-        if not leaves:
-            continue
-        flat = traverse_util.flatten_dict(dict(out[collection]))
-        for path, value in leaves.items():
-            flat[tuple(root) + path] = value
-        out[collection] = traverse_util.unflatten_dict(flat)
-    return out
+    return loaded

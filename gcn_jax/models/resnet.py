@@ -50,12 +50,13 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 
 def stage_channels(name: str) -> tuple[int, int, int, int]:
     """Channels of res-2..res-5 for a backbone name (256..2048 for bottleneck nets, 64..512 for basic)."""
-    block, _ = _spec(name)
+    block, _ = resnet_spec(name)
     expansion = 4 if block == "bottleneck" else 1
     return tuple(w * expansion for w in STAGE_WIDTHS)  # type: ignore[return-value]
 
 
-def _spec(name: str) -> tuple[str, tuple[int, int, int, int]]:
+def resnet_spec(name: str) -> tuple[str, tuple[int, int, int, int]]:
+    """(block type, blocks per stage) of a backbone; an unknown name is an error that lists the known ones."""
     if name not in RESNET_SPECS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNET_SPECS)}")
     return RESNET_SPECS[name]
@@ -123,8 +124,7 @@ class GCNBottleneck(nn.Module):
     kernel spans: the 1xk conv by (1, 2), the kx1 conv by (2, 1). Every input row and column is then seen by
     a kernel before it is subsampled (a 1xk conv strided by 2 vertically would drop every other row unseen),
     the map stays corner-aligned like the rest of the network, and the block costs about what the
-    bottleneck it replaces costs (the paper: ResNet-50 and ResNet50-GCN both about 3.7 GFLOPs; here 3.97 vs
-    3.63 G multiply-adds at 224x224 in XLA's count, `python summary.py ... --imagenet`).
+    bottleneck it replaces costs (the paper: both about 3.7 GFLOPs; the README gives this implementation's).
     """
 
     width: int  # the bottleneck width of the stage it replaces; output channels are 4 * width
@@ -176,7 +176,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        block_kind, counts = _spec(self.arch)
+        block_kind, counts = resnet_spec(self.arch)
         use_gcn = self.arch.endswith("_gcn")
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         norm = functools.partial(

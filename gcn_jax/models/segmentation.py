@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gcn_jax.models.blocks import HEAD_KINDS, BoundaryRefinement, Deconv2x, check_kernel_size, make_head
-from gcn_jax.models.resnet import RESNET_SPECS, ResNet
+from gcn_jax.models.blocks import BoundaryRefinement, Deconv2x, check_head, make_head
+from gcn_jax.models.resnet import ResNet, resnet_spec
 
 STAGES = ("res2", "res3", "res4", "res5")
-UPSAMPLE_STRIDES = (16, 8, 4, 2, 1)  # output stride after each of the five deconvolutions
-# Top-level modules in the order data flows through them; __call__ names its modules from the same parts.
-MODULE_ORDER = (
-    "backbone",
-    *(f"head_{s}" for s in STAGES),
-    *(f"br_{s}" for s in STAGES),
-    *(f"{kind}_s{stride}" for stride in UPSAMPLE_STRIDES for kind in ("up", "br")),
-)
 
 
 class GCNSegmentation(nn.Module):
@@ -65,15 +58,11 @@ class GCNSegmentation(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self):
-        if self.backbone not in RESNET_SPECS:
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {sorted(RESNET_SPECS)}")
-        if self.head not in HEAD_KINDS:
-            raise ValueError(f"unknown head {self.head!r}; expected one of {HEAD_KINDS}")
+        resnet_spec(self.backbone)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         for stage, k in zip(STAGES, self.stage_kernel_sizes()):
-            if self.head != "base":
-                check_kernel_size(k, f"kernel_size for {stage}")
+            check_head(self.head, k, f"kernel_size for {stage}")
         super().__post_init__()
 
     def stage_kernel_sizes(self) -> tuple[int, int, int, int]:
@@ -102,14 +91,17 @@ class GCNSegmentation(nn.Module):
                              dtype=self.dtype, name=f"head_{stage}")
             scores.append(refine(head(f), f"br_{stage}"))
 
-        # Coarse to fine: res-4, res-3 and res-2 scores are added after the first three deconvolutions; the
-        # last two reach stride 2 and the input resolution.
-        skips = [scores[2], scores[1], scores[0], None, None]
-        targets = [s.shape[1:3] for s in scores[2::-1]] + [(-(-height // 2), -(-width // 2)), (height, width)]
+        def upsample(x, target, stride):
+            return Deconv2x(c, self.deconv_kernel_size, self.dtype, name=f"up_s{stride}")(x, target)
+
+        # Coarse to fine: the res-4, res-3 and res-2 scores are added after the first three deconvolutions
+        # (strides 16, 8, 4); the last two reach stride 2 and the input resolution.
         x = scores[3]
-        for stride, skip, target in zip(UPSAMPLE_STRIDES, skips, targets):
-            x = Deconv2x(c, self.deconv_kernel_size, self.dtype, name=f"up_s{stride}")(x, target)
-            x = refine(x if skip is None else x + skip, f"br_s{stride}")
+        for skip, stride in zip((scores[2], scores[1], scores[0]), (16, 8, 4)):
+            x = refine(upsample(x, skip.shape[1:3], stride) + skip, f"br_s{stride}")
+        half = (math.ceil(height / 2), math.ceil(width / 2))
+        x = refine(upsample(x, half, 2), "br_s2")
+        x = refine(upsample(x, (height, width), 1), "br_s1")
         return x.astype(jnp.float32)
 
 

@@ -16,8 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gcn_jax.models.segmentation import MODULE_ORDER
-
 
 def count_params(tree: Any) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
@@ -40,16 +38,26 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], variables: Any
     return float(cost["flops"])
 
 
-def _flow_rank(key: str) -> tuple:
-    if key.startswith("backbone"):
-        return (0, "" if key.endswith("stem") else key)
-    if key in MODULE_ORDER:
-        return (1, MODULE_ORDER.index(key))
-    return (2, key)
+def call_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Names of the model's top-level submodules in the order its forward pass first calls them: the order
+    data flows through them (traced, not computed)."""
+    names = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and module.scope is not None and len(module.path) == 1:
+            if module.path[0] not in names:
+                names.append(module.path[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract_variables(model, input_shape)
+    return names
 
 
-def module_groups(params: Mapping) -> dict[str, int]:
-    """Parameter counts per top-level module (backbone split by stage), in the order data flows."""
+def module_groups(params: Mapping, order: list[str] = ()) -> dict[str, int]:
+    """Parameter counts per top-level module (backbone split by stage: stem, layer1..4), the backbone first,
+    then the other modules in ``order`` (e.g. `call_order`'s), then the rest by name."""
     groups: dict[str, int] = {}
     for path, leaf in traverse_util.flatten_dict(dict(params)).items():
         trunk = path[1:] if path[0] == "backbone" else path  # a bare ResNet / classifier is not nested
@@ -61,7 +69,13 @@ def module_groups(params: Mapping) -> dict[str, int]:
         else:
             key = path[0]
         groups[key] = groups.get(key, 0) + int(np.prod(np.shape(leaf)))
-    return dict(sorted(groups.items(), key=lambda kv: _flow_rank(kv[0])))
+
+    def rank(key):
+        if key.startswith("backbone"):
+            return (0, "" if key.endswith("stem") else key)
+        return (1, order.index(key), "") if key in order else (2, 0, key)
+
+    return dict(sorted(groups.items(), key=lambda kv: rank(kv[0])))
 
 
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -71,7 +85,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
         "input_shape": tuple(input_shape),
         "params": count_params(variables["params"]),
         "batch_stats": count_params(variables.get("batch_stats", {})),
-        "groups": module_groups(variables["params"]),
+        "groups": module_groups(variables["params"], call_order(model, input_shape)),
         "flops": flops,
         "macs": flops / 2,
     }

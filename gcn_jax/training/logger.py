@@ -45,20 +45,3 @@ def _plain(value):
         return None
     value = float(value)
     return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
-
-
-def quiet_library_logs() -> None:
-    """Hide orbax's INFO lines (dozens per checkpoint) from the console; warnings and errors still show."""
-    import logging as std_logging
-
-    from absl import logging
-
-    def keep(record) -> bool:
-        if "/orbax/" not in record.pathname:
-            return True
-        # Saves between evaluations carry no mIoU by design; orbax warns about each of them.
-        message = record.getMessage()
-        return (record.levelno >= std_logging.WARNING and "did not provide metrics" not in message
-                and "read only" not in message and "read_only=True" not in message)
-
-    logging.get_absl_handler().addFilter(keep)

@@ -1,13 +1,15 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Resumes from the newest checkpoint in ``workdir`` if there is one (parameters, optimizer, step, RNG and the
-input iterator's position, so an interrupted and resumed run ends with the parameters of an uninterrupted
-one). Logs every `log_every_steps`, evaluates every `eval_every_steps` and at the end, checkpoints every
+Resumes from the newest checkpoint in ``workdir`` if there is one (parameters, optimizer, step and the input
+iterator's position, so an interrupted and resumed run ends with the parameters of an uninterrupted one).
+Logs every `log_every_steps`, evaluates every `eval_every_steps` and at the end, checkpoints every
 `checkpoint_every_steps`, at every evaluation, at the end and on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -20,12 +22,16 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from gcn_jax import parallel
-from gcn_jax.config_checks import check_config
 from gcn_jax.data import pipeline
-from gcn_jax.evaluation import evaluate, metrics
+from gcn_jax.data.datasets import load_source
+from gcn_jax.evaluation import metrics
+from gcn_jax.evaluation.evaluate import Evaluator
 from gcn_jax.models import build_model
 from gcn_jax.training import checkpoints, optimizer, state as state_lib
+from gcn_jax.training.config_checks import check_config
 from gcn_jax.training.logger import MetricLogger
+
+EVAL_SCALARS = ("miou", "pixel_accuracy", "mean_class_accuracy", "boundary_accuracy", "interior_accuracy")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,7 +42,7 @@ class _StopSignal:
     """Turns the first SIGTERM/SIGINT into a request to checkpoint and stop; a second one acts as usual.
 
     Only in a single process: with several, SIGTERM is left to jax.distributed's preemption notifier (a
-    Python handler would replace it), which the loop polls through `manager.reached_preemption`, so that all
+    Python handler would replace it), which `requested` polls through the checkpoint manager, so that all
     processes stop at the same step."""
 
     def __init__(self, enabled: bool = True):
@@ -60,144 +66,243 @@ class _StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def requested(self, manager, step: int) -> bool:
+        if self._signals:
+            return self.received is not None
+        return manager.reached_preemption(step)
 
-def _format_eta(seconds: float) -> str:
+
+@dataclasses.dataclass(frozen=True)
+class Periods:
+    """When to log, evaluate and save, in optimizer steps (`eval_every` 0: only at the end)."""
+
+    total: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, config) -> Periods:
+        return cls(config.num_train_steps, config.log_every_steps, config.eval_every_steps,
+                   config.checkpoint_every_steps)
+
+    def is_log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total
+
+    def is_eval(self, step: int) -> bool:
+        return (self.eval_every > 0 and step % self.eval_every == 0) or step == self.total
+
+    def is_save(self, step: int) -> bool:
+        return step % self.checkpoint_every == 0 or self.is_eval(step)
+
+
+class Meter:
+    """Training throughput and ETA over one log period, leaving out time spent evaluating and saving."""
+
+    def __init__(self, batch_size: int, total_steps: int):
+        self.batch_size, self.total_steps = batch_size, total_steps
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.steps, self.excluded = time.perf_counter(), 0, 0.0
+
+    def tick(self) -> None:
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
+    def lap(self, step: int) -> tuple[float, float]:
+        """(images per second, seconds left) of the period that ends at ``step``; starts the next period."""
+        elapsed = max(time.perf_counter() - self.start - self.excluded, 1e-9)
+        rate = self.steps * self.batch_size / elapsed
+        eta = (self.total_steps - step) * elapsed / max(self.steps, 1)
+        self._reset()
+        return rate, eta
+
+
+class StepMetrics:
+    """Per-step metrics, left on the devices until a log or save point so that no step waits for the last;
+    `fetch` brings them to the host, and the losses accumulate until `period_loss` is read."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []
+        self.losses: list[float] = []
+
+    def add(self, step: int, step_metrics: dict) -> None:
+        self.pending.append((step, step_metrics))
+
+    def fetch(self) -> list[tuple[int, dict[str, float]]]:
+        records = [(s, {k: float(v) for k, v in parallel.fetch(m).items()}) for s, m in self.pending]
+        self.pending = []
+        self.losses += [m["loss"] for _, m in records]
+        return records
+
+    def period_loss(self) -> float:
+        loss, self.losses = float(np.mean(self.losses)), []
+        return loss
+
+
+def first_non_finite(records) -> str | None:
+    """A description of the first step whose loss or gradient norm is NaN or infinite, or None."""
+    for step, m in records:
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            return f"training loss {m['loss']}, gradient norm {m['grad_norm']} at step {step}"
+    return None
+
+
+def format_eta(seconds: float) -> str:
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _prepare_data(config):
-    """The synthetic set is generated on first use: let process 0 build it while the others wait."""
-    if jax.process_count() > 1:
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop works with, built once by `_set_up`: devices, data, compiled steps and the outputs."""
+
+    config: object
+    workdir: str
+    mesh: jax.sharding.Mesh
+    train_iter: object
+    train_step: object
+    evaluator: Evaluator
+    manager: object
+    logger: MetricLogger
+    periods: Periods
+
+    def next_batch(self) -> dict:
+        batch = next(self.train_iter)
+        return parallel.global_batch(self.mesh, {"image": batch["image"], "label": batch["label"]})
+
+    def evaluate(self, state, step: int) -> dict:
+        summary = self.evaluator(state.variables(), self.config.eval.max_batches)
+        self.logger.write(step, {k: summary[k] for k in EVAL_SCALARS}, prefix="eval/")
+        self.logger.flush()
         if jax.process_index() == 0:
-            pipeline.load_source(config.data.name, config.data.train_split, config.data.data_dir)
-            pipeline.load_source(config.data.name, config.data.eval_split, config.data.data_dir)
-        multihost_utils.sync_global_devices("datasets ready")
+            logging.info("step %d: validation\n%s", step, metrics.format_table(summary))
+        return summary
 
+    def evaluation_skipped(self, step: int) -> bool:
+        """A stop at an evaluation step saved without evaluating; the resumed run evaluates first."""
+        return step > 0 and self.periods.is_eval(step) and self.manager.metrics(step) is None
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir``; returns the last evaluation's summary (`metrics.summarize`), or None
-    when this call ran none (a run that was already complete)."""
-    mesh = parallel.make_mesh()
-    check_config(config, mesh.size, jax.process_count())
-    is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    _prepare_data(config)
+    def log_training(self, step: int, loss: float, last: dict, meter: Meter) -> None:
+        images_per_second, eta = meter.lap(step)
+        self.logger.write(step, {"loss": loss, "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
+                                 "images_per_second": images_per_second}, prefix="train/")
+        if jax.process_index() == 0:
+            logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f images/s  ETA %s", step, self.periods.total, loss,
+                         last["learning_rate"], images_per_second, format_eta(eta))
 
-    model = build_model(config.model)
-    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
-    train_iter = iter(pipeline.train_loader_from_config(config))
-    spec = pipeline.dataset_spec(config.data.name)
-    eval_loader, eval_batches = pipeline.eval_loader_from_config(config)
-
-    manager = checkpoints.make_manager(workdir, config.checkpoint.keep_latest, config.checkpoint.keep_best)
-    latest = manager.latest_step()
-    if latest is not None:
-        state = checkpoints.restore(manager, latest, state_lib.abstract_train_state(config, mesh, tx), train_iter)
-        logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir), latest)
-    else:
-        state = state_lib.create_train_state(config, mesh, tx)
-    step = checkpoints.host_step(state)
-    train_step = state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps)
-    eval_step = evaluate.make_eval_step(model, mesh, spec.num_classes, config.eval)
-    all_finite = jax.jit(lambda tree: jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
-    logger = MetricLogger(workdir, enabled=is_main)
-    total = config.num_train_steps
-    summary = None
-    pending = []  # (step, metrics on device) not yet fetched
-    period_losses = []  # losses since the last console line
-    period_start, period_steps, period_excluded = time.perf_counter(), 0, 0.0
-
-    def is_eval_step(s):
-        return (config.eval_every_steps and s % config.eval_every_steps == 0) or s == total
-
-    def run_evaluation(s):
-        result = evaluate.evaluate(eval_step, state.variables(), eval_loader, eval_batches, mesh,
-                                   spec.class_names, config.eval.max_batches)
-        logger.write(s, {k: result[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy",
-                                                "boundary_accuracy", "interior_accuracy")}, prefix="eval/")
-        logger.flush()
-        if is_main:
-            logging.info("step %d: validation\n%s", s, metrics.format_table(result))
-        return result
-
-    def stop_non_finite(what):
-        manager.wait_until_finished()
-        good = manager.latest_step()
+    def stop_non_finite(self, what: str):
+        """Raise `NonFiniteLossError` naming the last good checkpoint (after any save in flight has finished)."""
+        self.manager.wait_until_finished()
+        good = self.manager.latest_step()
         raise NonFiniteLossError(
             f"non-finite {what}; stopping. The last good checkpoint "
-            + (f"is step {good} in {checkpoints.checkpoint_dir(workdir)}" if good is not None else
+            + (f"is step {good} in {checkpoints.checkpoint_dir(self.workdir)}" if good is not None else
                "does not exist (none was saved yet)")
             + ". Lower config.optimizer.learning_rate, add warmup (config.optimizer.warmup_steps) or clip "
             "gradients (config.optimizer.grad_clip_norm).")
 
-    def flush():
-        """Fetch the pending step metrics; stop on a non-finite loss before anything is saved."""
-        fetched = [(s, parallel.fetch(m)) for s, m in pending]
-        pending.clear()
-        for s, m in fetched:
-            if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
-                stop_non_finite(f"training loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])} at step {s}")
-            period_losses.append(float(m["loss"]))
-        return fetched
+    def save(self, state, step: int, evaluate: bool) -> dict | None:
+        """Checkpoint ``state`` (evaluated first if ``evaluate``, so the checkpoint carries its mIoU), never a
+        non-finite one; returns the evaluation's summary, if any."""
+        if not parallel.fetch(_all_finite(state)):  # e.g. an update that overflowed
+            self.stop_non_finite(f"train state after step {step}")
+        summary = self.evaluate(state, step) if evaluate else None
+        checkpoints.save(self.manager, state, self.train_iter, None if summary is None else summary["miou"])
+        self.logger.flush()
+        return summary
 
-    if latest is not None and is_eval_step(latest) and manager.metrics(latest) is None:
-        # Stopped by a signal at an evaluation step, which was skipped then: evaluate now.
-        summary = run_evaluation(latest)
+    def close(self) -> None:
+        self.manager.wait_until_finished()  # an asynchronous save in flight is completed, never left half-written
+        self.manager.close()
+        self.logger.close()
 
+
+def _prepare_data(config) -> None:
+    """The synthetic set is generated on first use: let process 0 build it while the others wait."""
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            load_source(config.data.name, config.data.train_split, config.data.data_dir)
+            load_source(config.data.name, config.data.eval_split, config.data.data_dir)
+        multihost_utils.sync_global_devices("datasets ready")
+
+
+def _set_up(config, workdir: str) -> tuple[_Run, state_lib.TrainState]:
+    """Check the config, then build everything the loop needs; the state is restored from the newest
+    checkpoint or freshly initialised."""
+    mesh = parallel.make_mesh()
+    check_config(config, mesh.size, jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    _prepare_data(config)
+    model = build_model(config.model)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
+    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    train_iter = iter(pipeline.train_loader(config.data, config.crop_size, config.global_batch_size))
+    manager = checkpoints.make_manager(workdir, config.checkpoint.keep_latest, config.checkpoint.keep_best)
+    latest = manager.latest_step()
+    if latest is None:
+        state = state_lib.create_train_state(config, mesh, tx)
+    else:
+        state = checkpoints.restore(manager, latest, state_lib.train_state_shapes(config, mesh, tx), train_iter)
+        logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir), latest)
+    run = _Run(config, workdir, mesh, train_iter,
+               state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps),
+               Evaluator(config, model, mesh), manager, MetricLogger(workdir, enabled=jax.process_index() == 0),
+               Periods.from_config(config))
+    return run, state
+
+
+def train_and_evaluate(config, workdir: str) -> dict | None:
+    """Train ``config`` in ``workdir``; returns the last evaluation's summary (`metrics.summarize`), or None
+    when this call ran none (a run that was already complete)."""
+    run, state = _set_up(config, workdir)
+    periods, step, summary = run.periods, checkpoints.host_step(state), None
+    meter, step_metrics = Meter(config.global_batch_size, periods.total), StepMetrics()
     try:
+        if run.evaluation_skipped(step):
+            summary = run.evaluate(state, step)
         with _StopSignal(enabled=jax.process_count() == 1) as stop:
-            while step < total:
-                batch = next(train_iter)
-                state, step_metrics = train_step(state, parallel.global_batch(
-                    mesh, {"image": batch["image"], "label": batch["label"]}))
+            while step < periods.total:
+                state, new_metrics = run.train_step(state, run.next_batch())
                 step += 1
-                period_steps += 1
-                pending.append((step, step_metrics))
-                stopping = stop.received is not None if jax.process_count() == 1 else manager.reached_preemption(step)
-                is_log = step % config.log_every_steps == 0 or step == total
-                is_eval = is_eval_step(step)
-                is_save = step % config.checkpoint_every_steps == 0 or is_eval or step == total or stopping
+                meter.tick()
+                step_metrics.add(step, new_metrics)
+                stopping = stop.requested(run.manager, step)
+                is_log, is_save = periods.is_log(step), periods.is_save(step) or stopping
                 if not (is_log or is_save):
                     continue
-                fetched = flush()
+                records = step_metrics.fetch()
+                problem = first_non_finite(records)
+                if problem:
+                    run.stop_non_finite(problem)
                 if is_log:
-                    elapsed = time.perf_counter() - period_start - period_excluded
-                    loss = float(np.mean(period_losses))
-                    images_per_s = period_steps * config.global_batch_size / max(elapsed, 1e-9)
-                    eta = (total - step) * elapsed / max(period_steps, 1)
-                    last = fetched[-1][1]
-                    logger.write(step, {"loss": loss, "learning_rate": last["learning_rate"],
-                                        "grad_norm": last["grad_norm"], "images_per_second": images_per_s},
-                                 prefix="train/")
-                    if is_main:
-                        logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f images/s  ETA %s", step, total, loss,
-                                     float(last["learning_rate"]), images_per_s, _format_eta(eta))
-                    period_start, period_steps, period_excluded = time.perf_counter(), 0, 0.0
-                    period_losses.clear()
-                pause_start = time.perf_counter()
-                miou = None
-                if is_save and not parallel.fetch(all_finite(state)):  # e.g. an update that overflowed
-                    stop_non_finite(f"train state after step {step}")
-                if is_eval and not stopping:  # a stop skips it; the resumed run evaluates first
-                    summary = run_evaluation(step)
-                    miou = summary["miou"]
+                    run.log_training(step, step_metrics.period_loss(), records[-1][1], meter)
                 if is_save:
-                    checkpoints.save(manager, state, train_iter, miou)
-                logger.flush()
-                period_excluded += time.perf_counter() - pause_start
+                    with meter.paused():  # a stop skips the evaluation; the resumed run evaluates first
+                        evaluated = run.save(state, step, evaluate=periods.is_eval(step) and not stopping)
+                    summary = summary if evaluated is None else evaluated
                 if stopping:
                     logging.info("%s received: saved step %d to %s; run train.py again to resume",
                                  stop.received or "preemption notice", step, checkpoints.checkpoint_dir(workdir))
                     break
     finally:
-        manager.wait_until_finished()  # an asynchronous save in flight is completed, never left half-written
-        manager.close()
-        logger.close()
+        run.close()
     return summary

@@ -6,6 +6,27 @@ from __future__ import annotations
 import optax
 from flax import traverse_util
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def check_optimizer(opt_config, num_train_steps: int) -> None:
+    """Raise ValueError naming every impossible setting of ``config.optimizer``."""
+    problems = []
+    if opt_config.name not in OPTIMIZERS:
+        problems.append(f"name = {opt_config.name!r}: expected one of {OPTIMIZERS}")
+    if opt_config.learning_rate <= 0:
+        problems.append(f"learning_rate = {opt_config.learning_rate}: expected > 0")
+    if not 0 <= opt_config.warmup_steps < num_train_steps:
+        problems.append(f"warmup_steps = {opt_config.warmup_steps}: expected 0 <= warmup < num_train_steps "
+                        f"({num_train_steps})")
+    if opt_config.grad_clip_norm is not None and opt_config.grad_clip_norm <= 0:
+        problems.append(f"grad_clip_norm = {opt_config.grad_clip_norm}: expected > 0 or unset")
+    accum = opt_config.grad_accum_steps
+    if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+        problems.append(f"grad_accum_steps = {accum}: expected an int >= 1")
+    if problems:
+        raise ValueError("; ".join(problems))
+
 
 def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
     """Linear warmup from 0 over `warmup_steps`, then poly: peak * (1 - t / T) ** power, where t counts from
@@ -36,6 +57,7 @@ def make_optimizer(opt_config, num_train_steps: int) -> optax.GradientTransforma
 
     SGD's weight decay is the paper's L2 term, added to the gradient before momentum (SGD's usual
     `weight_decay`); AdamW's is added after the moments, so it is not rescaled by them."""
+    check_optimizer(opt_config, num_train_steps)
     decay = ([optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask)]
              if opt_config.weight_decay else [])
     parts = []
@@ -45,11 +67,9 @@ def make_optimizer(opt_config, num_train_steps: int) -> optax.GradientTransforma
         parts += decay
         if opt_config.momentum:
             parts.append(optax.trace(decay=opt_config.momentum, nesterov=opt_config.nesterov))
-    elif opt_config.name == "adamw":
+    else:  # adamw
         parts.append(optax.scale_by_adam(b1=opt_config.adam_b1, b2=opt_config.adam_b2))
         parts += decay
-    else:
-        raise ValueError(f"config.optimizer.name = {opt_config.name!r}: expected 'sgd' or 'adamw'")
     parts.append(optax.scale_by_learning_rate(learning_rate_schedule(opt_config, num_train_steps)))
     if opt_config.backbone_lr_multiplier != 1.0:
         parts.append(optax.masked(optax.scale(opt_config.backbone_lr_multiplier), backbone_mask))

@@ -1,0 +1,55 @@
+"""The datasets this project knows: what the pipeline and the metrics need of each (`DatasetSpec`), and their
+random-access tfds sources. Importing this module registers the builders with tfds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from gcn_jax.data import cityscapes, synthetic, voc_sbd
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the pipeline and the metrics need to know about a dataset's labels."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    label_lut: np.ndarray | None = None  # stored label value -> class index (255 = ignore), applied on read
+    generated: bool = False  # built from nothing (no manual_dir): built on first use
+
+
+DATASETS = {
+    "voc_sbd": DatasetSpec(voc_sbd.NUM_CLASSES, voc_sbd.CLASS_NAMES),
+    "cityscapes_fine": DatasetSpec(cityscapes.NUM_CLASSES, cityscapes.CLASS_NAMES, cityscapes.TRAIN_ID_LUT),
+    "synthetic_shapes": DatasetSpec(synthetic.NUM_CLASSES, synthetic.CLASS_NAMES, generated=True),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """Spec of a dataset given as 'builder' or 'builder/config' (e.g. 'voc_sbd/aug')."""
+    base = name.split("/")[0].split(":")[0]
+    if base not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)} (optionally '/config')")
+    return DATASETS[base]
+
+
+def load_source(name: str, split: str, data_dir: str | None = None):
+    """The random-access tfds source of one split. The synthetic set is generated on first use; any other
+    dataset that is not built yet is an error that says how to build it."""
+    spec = dataset_spec(name)
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        if not spec.generated:
+            raise FileNotFoundError(
+                f"dataset {name} is not built in {builder.data_dir}. Build it once from the raw files with\n"
+                f"  python -m gcn_jax.data.build {name} --manual_dir <dir with the raw files>"
+                + (f" --data_dir {data_dir}" if data_dir else "")
+            )
+        builder.download_and_prepare()
+    splits = builder.info.splits
+    if split not in splits:
+        raise ValueError(f"dataset {name} has no split {split!r}; it has {sorted(splits)}")
+    return builder.as_data_source(split=split)

@@ -1,0 +1,35 @@
+"""Image conventions shared by the input pipeline and inference: ImageNet normalisation and (height, width)
+sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 or float RGB in [0, 255] -> float32, ImageNet mean/std per channel."""
+    return (np.asarray(image, np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """Inverse of `normalize`, back to uint8 RGB (for looking at batches)."""
+    return np.clip(np.asarray(image) * IMAGENET_STD + IMAGENET_MEAN, 0, 255).round().astype(np.uint8)
+
+
+def size_pair(value, name: str = "size") -> tuple[int, int]:
+    """A size given as one positive int or a (height, width) pair of positive ints -> (height, width)."""
+    if isinstance(value, (int, np.integer)):
+        pair = (value, value)
+    else:
+        try:
+            pair = tuple(value)
+        except TypeError:
+            raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got {value!r}") from None
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return int(pair[0]), int(pair[1])

@@ -1,0 +1,69 @@
+"""eval.py and predict.py as a user runs them, on a checkpoint of the tiny run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gcn_jax.data.datasets import load_source
+from gcn_jax.training.checkpoints import load_variables
+from tests.tiny_run import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli_overrides(config):
+    return ["--config", "configs/synthetic.py", "--config.data.name=synthetic_shapes/tiny",
+            f"--config.data.data_dir={config.data.data_dir}", "--config.data.eval_pad_size=48,64",
+            "--config.crop_size=48", "--config.model.kernel_size=3", "--config.eval_batch_size=4"]
+
+
+@pytest.mark.slow
+def test_eval_and_predict_command_lines(run_40, tmp_path):
+    config, workdir, summary = run_40
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "eval.py", *_cli_overrides(config), "--workdir", workdir,
+                             "--checkpoint=20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint step 20" in result.stdout and "mIoU" in result.stdout and "boundary acc" in result.stdout
+    with open(os.path.join(workdir, "eval_20.json")) as f:
+        report = json.load(f)
+    logged = [r for r in read_jsonl(workdir) if r.get("step") == 20 and "eval/miou" in r][0]
+    assert report["miou"] == pytest.approx(logged["eval/miou"], abs=1e-3)  # 1 process here, 4 devices there
+    assert set(report["per_class_iou"]) == {"background", "disc", "square", "triangle", "ring", "cross"}
+
+    images = tmp_path / "images"
+    images.mkdir()
+    source = load_source("synthetic_shapes/tiny", "validation", config.data.data_dir)
+    originals = [np.asarray(source[i]["image"]) for i in range(2)]
+    from PIL import Image
+    for i, image in enumerate(originals):
+        Image.fromarray(image).save(images / f"val{i}.png")
+    Image.fromarray(originals[0][:37, :41]).save(images / "odd_size.jpg")
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "predict.py", *_cli_overrides(config), "--workdir", workdir,
+                             f"--output={out}", str(images)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 images, checkpoint step 40" in result.stdout
+    assert sorted(os.listdir(out)) == sorted(f"{n}_{kind}.png" for n in ("val0", "val1", "odd_size")
+                                             for kind in ("mask", "overlay"))
+    # The mask PNG holds class indices: the same as the model's argmax computed here.
+    model, variables, _ = load_variables(config, workdir)
+    from gcn_jax.images import normalize
+    for i, image in enumerate(originals):
+        mask = Image.open(out / f"val{i}_mask.png")
+        assert mask.mode == "P"
+        expected = np.argmax(np.asarray(jax.jit(model.apply)(variables, normalize(image)[None]))[0], axis=-1)
+        assert np.mean(np.asarray(mask) == expected) > 0.999  # a near-tie may flip between two compilations
+    assert Image.open(out / "odd_size_overlay.png").size == (41, 37)
+    # A path that does not exist is named in the error.
+    result = subprocess.run([sys.executable, "predict.py", *_cli_overrides(config), "--workdir", workdir,
+                             str(tmp_path / "missing.jpg")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "missing.jpg: no such file or folder" in result.stderr
