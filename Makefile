@@ -4,7 +4,7 @@ CONFIG ?= configs/synthetic.py
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv
+.PHONY: demo lint test test-fast venv
 
 venv:
 	@scripts/bootstrap.sh requirements.txt
@@ -19,6 +19,10 @@ demo:
 test:
 	@scripts/bootstrap.sh requirements-dev.txt
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint:
+	@scripts/bootstrap.sh requirements-dev.txt
+	$(PY) -m ruff check .
 
 # Everything but the tests marked slow.
 test-fast:
