@@ -29,7 +29,7 @@ def main(argv):
     from gcn_jax.training.checkpoints import load_variables
 
     mesh = parallel.make_mesh()
-    config = cli.checked_config(mesh, training=False)
+    config = cli.checked_config(mesh, "eval")
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
     start = time.perf_counter()
     summary = evaluate.Evaluator(config, model, mesh)(variables)

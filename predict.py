@@ -29,7 +29,7 @@ def main(argv):
 
     paths = prediction.find_images(argv[1:])
     mesh = parallel.make_mesh()
-    config = cli.checked_config(mesh, training=False)
+    config = cli.checked_config(mesh, "predict")
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
     output = FLAGS.output or os.path.join(FLAGS.workdir, "predictions")
     predict_fn = prediction.make_predict_fn(model, variables, config.eval)

@@ -10,7 +10,7 @@ def get_config():
     config.model.num_classes = 19
     config.model.backbone = "resnet152"
     config.model.kernel_size = 25
-    config.crop_size = 800
+    config.crop_size = (800, 800)
     config.data.name = "cityscapes_fine"
     config.data.eval_pad_size = (1024, 2048)
     config.eval.window_size = (1024, 1024)

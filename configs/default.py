@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ImageNet weights for the backbone (.safetensors / .npz, see README "Pretrained backbones"); unset: random init.
     config.model.pretrained = config_dict.placeholder(str)
 
-    config.crop_size = 512  # training crop (int or (height, width)); the model summary uses it as its input size
+    config.crop_size = (512, 512)  # training crop (height, width); also the model summary's input size
     config.global_batch_size = 8  # examples per optimizer step over all devices and processes
     config.eval_batch_size = 8  # global batch of full-resolution validation images
 

@@ -13,7 +13,7 @@ def get_config():
     config.model.num_classes = 6
     config.model.backbone = "resnet18"
     config.model.kernel_size = 5
-    config.crop_size = 96
+    config.crop_size = (96, 96)
     config.global_batch_size = 8
     config.eval_batch_size = 8
 

@@ -8,5 +8,5 @@ def get_config():
     config.model.num_classes = 21
     config.model.backbone = "resnet152"
     config.model.kernel_size = 15
-    config.crop_size = 512
+    config.crop_size = (512, 512)
     return config

@@ -14,6 +14,13 @@ FLAGS = flags.FLAGS
 CHECKPOINT_CHOICES = "'latest', 'best' (highest validation mIoU) or a step number"
 
 
+def parse_checkpoint(text: str) -> str | int | None:
+    """'latest' / 'best' / a step number as `checkpoints.resolve_step` takes it; None for anything else."""
+    if text in ("latest", "best"):
+        return text
+    return int(text) if text.isdigit() else None
+
+
 def define_flags(config_help: str, *, checkpoint: bool = False, distributed: bool = False) -> None:
     """--config and --workdir (required); --checkpoint for the commands that read one; --distributed for the
     commands that run on several hosts."""
@@ -21,7 +28,7 @@ def define_flags(config_help: str, *, checkpoint: bool = False, distributed: boo
     flags.DEFINE_string("workdir", None, "Training run directory (checkpoints/, metrics.jsonl, tensorboard/).")
     if checkpoint:
         flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {CHECKPOINT_CHOICES}.")
-        flags.register_validator("checkpoint", lambda v: v in ("latest", "best") or v.isdigit(),
+        flags.register_validator("checkpoint", lambda v: parse_checkpoint(v) is not None,
                                  message=f"--checkpoint must be {CHECKPOINT_CHOICES}")
     if distributed:
         flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when the environment "
@@ -39,19 +46,20 @@ def start(argv, *, max_args: int | None = 1) -> None:
     quiet_library_logs()
 
 
-def checked_config(mesh, training: bool):
-    """--config, checked against the devices of ``mesh`` (`check_config`) before anything is computed."""
+def checked_config(mesh, command: str):
+    """--config, checked for ``command`` against the devices of ``mesh`` (`check_config`) before anything is
+    computed."""
     import jax
 
     from gcn_jax.training.config_checks import check_config
 
-    check_config(FLAGS.config, mesh.size, jax.process_count(), training=training)
+    check_config(FLAGS.config, mesh.size, jax.process_count(), command)
     return FLAGS.config
 
 
 def checkpoint_choice() -> str | int:
     """--checkpoint as `checkpoints.resolve_step` takes it: 'latest', 'best' or a step number."""
-    return int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+    return parse_checkpoint(FLAGS.checkpoint)
 
 
 def quiet_library_logs() -> None:

@@ -6,6 +6,8 @@ project's code, so that the tests compare two separate implementations.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 TORCHVISION_LAYERS = {
@@ -180,6 +182,6 @@ def gcn_decoder(params, features, height, width):
     for skip, stride in ((s[2], 16), (s[1], 8), (s[0], 4)):
         y = boundary_refinement(params[f"br_s{stride}"],
                                 upsample2x(params[f"up_s{stride}"]["kernel"], y, skip.shape[1:3]) + skip)
-    half = (-(-height // 2), -(-width // 2))
+    half = (math.ceil(height / 2), math.ceil(width / 2))
     y = boundary_refinement(params["br_s2"], upsample2x(params["up_s2"]["kernel"], y, half))
     return boundary_refinement(params["br_s1"], upsample2x(params["up_s1"]["kernel"], y, (height, width)))

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cli_overrides(config):
     return ["--config", "configs/synthetic.py", "--config.data.name=synthetic_shapes/tiny",
             f"--config.data.data_dir={config.data.data_dir}", "--config.data.eval_pad_size=48,64",
-            "--config.crop_size=48", "--config.model.kernel_size=3", "--config.eval_batch_size=4"]
+            "--config.crop_size=48,48", "--config.model.kernel_size=3", "--config.eval_batch_size=4"]
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ def test_sigterm_then_resume_ends_bit_identical(run_40, tmp_path):
     thread.join(timeout=10)
     stopped_at = checkpoints.make_manager(workdir, read_only=True).latest_step()
     assert 5 <= stopped_at < 20, stopped_at  # saved at the signal, before the first evaluation
-    train_and_evaluate(config, workdir)  # resumes: state, step, RNG and the input position
+    train_and_evaluate(config, workdir)  # resumes: state, step and the input position
     step, resumed = saved_params(workdir)
     _, uninterrupted = saved_params(reference_dir, 40)
     assert step == 40

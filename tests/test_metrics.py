@@ -3,6 +3,7 @@ out), split-level mIoU with zero-union classes excluded, Table 5's boundary band
 
 Expected values come from brute-force loops and scipy, never from the code under test."""
 
+import math
 from fractions import Fraction
 from functools import partial
 
@@ -19,7 +20,7 @@ IGNORE = 255
 def random_batch(rng, shape, num_classes, block=1):
     """Labels with 255 and out-of-range values, predictions, and a random valid (padding) mask."""
     b, h, w = shape
-    coarse = (b, -(-h // block), -(-w // block))
+    coarse = (b, math.ceil(h / block), math.ceil(w / block))
     labels = rng.choice([*range(num_classes), IGNORE, num_classes, num_classes + 3], size=coarse)
     labels = labels.repeat(block, axis=1).repeat(block, axis=2)[:, :h, :w]
     predictions = rng.integers(0, num_classes, size=shape)

@@ -217,7 +217,7 @@ def test_show_data_writes_a_grid_of_examples_and_masks(tmp_path):
     out = tmp_path / "grid.png"
     cmd = [sys.executable, "tools/show_data.py", "--config", "configs/voc.py", "--num", "4", "--columns", "2",
            "--out", str(out), "--config.data.name=synthetic_shapes/tiny", f"--config.data.data_dir={tmp_path}",
-           "--config.crop_size=40", "--config.data.worker_count=0"]
+           "--config.crop_size=40,40", "--config.data.worker_count=0"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote" in result.stdout and "4 train examples of synthetic_shapes/tiny, 40x40" in result.stdout

@@ -1,6 +1,8 @@
 """ResNet backbones: torchvision's parameter counts, stage shapes, BatchNorm behaviour, and the ResNet-GCN
 variant of Figure 5 / Table 11."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +38,7 @@ def test_stage_shapes_are_ceil_of_stride(arch, hw):
     v = abstract_variables(ResNet(arch), (2, *hw, 3))
     out = jax.eval_shape(lambda v: ResNet(arch).apply(v, jnp.zeros((2, *hw, 3))), v)
     for f, stride, c in zip(out, (4, 8, 16, 32), stage_channels(arch)):
-        assert f.shape == (2, -(-hw[0] // stride), -(-hw[1] // stride), c)
+        assert f.shape == (2, math.ceil(hw[0] / stride), math.ceil(hw[1] / stride), c)
 
 
 def test_bn_train_mode_updates_running_stats_with_torch_momentum():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gcn_jax.models import GCNSegmentation
+from gcn_jax.models import GCNSegmentation, summary
 from gcn_jax.models.summary import abstract_variables, count_params, forward_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,3 +40,24 @@ def test_bad_config_values_fail_before_any_compute():
     assert r.returncode != 0 and "kernal_size" in r.stderr
     r = run("--image_size=64x64")
     assert r.returncode != 0 and "--image_size must be two positive integers" in r.stderr
+
+
+def test_modules_are_listed_in_the_order_data_flows():
+    model, shape = GCNSegmentation(6, "resnet18", kernel_size=3), (1, 64, 64, 3)
+    variables = abstract_variables(model, shape)
+    groups = summary.module_groups(variables["params"], summary.call_order(model, shape))
+    stages, strides = ("res2", "res3", "res4", "res5"), (16, 8, 4, 2, 1)
+    assert list(groups) == (["backbone/stem"] + [f"backbone/layer{i}" for i in range(1, 5)]
+                            + [f"{kind}_{s}" for s in stages for kind in ("head", "br")]
+                            + [f"{kind}_s{s}" for s in strides for kind in ("up", "br")])
+    assert sum(groups.values()) == count_params(variables["params"])
+
+
+def test_a_height_width_crop_size_is_the_default_input(tmp_path):
+    config = tmp_path / "wide.py"
+    config.write_text("from configs import voc\n\n\ndef get_config():\n    config = voc.get_config()\n"
+                      "    config.crop_size = (64, 96)\n    config.model.backbone = 'resnet18'\n    return config\n")
+    r = subprocess.run([sys.executable, "summary.py", "--config", str(config), "--noforward"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "forward at 1x64x96x3:" in r.stdout

@@ -12,7 +12,7 @@ from tests.tiny_run import fixed_batches, run_steps, tiny_config
 
 def test_train_step_is_the_same_on_1_and_4_devices(data_dir):
     assert jax.device_count() == 4
-    config = tiny_config(data_dir, crop_size=32, global_batch_size=8)
+    config = tiny_config(data_dir, crop_size=(32, 32), global_batch_size=8)
     losses1, params1, stats1 = run_steps(config, jax.devices()[:1], fixed_batches(3))
     losses4, params4, stats4 = run_steps(config, jax.devices(), fixed_batches(3))
     np.testing.assert_allclose(losses1, losses4, rtol=1e-5)
@@ -22,7 +22,7 @@ def test_train_step_is_the_same_on_1_and_4_devices(data_dir):
 
 
 def test_bfloat16_compute_trains_like_float32(data_dir):
-    config = tiny_config(data_dir, crop_size=32, global_batch_size=8)
+    config = tiny_config(data_dir, crop_size=(32, 32), global_batch_size=8)
     losses32, params32, _ = run_steps(config, jax.devices()[:1], fixed_batches(2))
     config.model.dtype = "bfloat16"
     losses16, params16, _ = run_steps(config, jax.devices()[:1], fixed_batches(2))
@@ -33,7 +33,7 @@ def test_bfloat16_compute_trains_like_float32(data_dir):
 
 def test_gradient_accumulation_equals_the_full_batch(data_dir):
     # With BN on running statistics (frozen) the micro-batches see exactly what the full batch sees.
-    config = tiny_config(data_dir, crop_size=32, global_batch_size=8, **{"model.frozen_bn": True})
+    config = tiny_config(data_dir, crop_size=(32, 32), global_batch_size=8, **{"model.frozen_bn": True})
     full = run_steps(config, jax.devices(), fixed_batches(2))
     config.optimizer.grad_accum_steps = 2
     accumulated = run_steps(config, jax.devices(), fixed_batches(2))
@@ -43,7 +43,7 @@ def test_gradient_accumulation_equals_the_full_batch(data_dir):
 
 def test_gradient_accumulation_chains_batch_norm_statistics(data_dir):
     # Micro-batch a holds rows a, a + n, a + 2n, ...; BN's running averages are updated by each in turn.
-    config = tiny_config(data_dir, crop_size=32, global_batch_size=8, **{"optimizer.grad_accum_steps": 2})
+    config = tiny_config(data_dir, crop_size=(32, 32), global_batch_size=8, **{"optimizer.grad_accum_steps": 2})
     batch = next(fixed_batches(1))
     _, _, stats = run_steps(config, jax.devices(), [batch])
     model = build_model(config.model)
@@ -64,7 +64,10 @@ def test_learning_rate_schedule_and_weight_decay_mask(data_dir):
     for t in (10, 35, 60, 109):
         assert float(schedule(t)) == pytest.approx(0.1 * (1 - (t - 10) / 100) ** 0.9, rel=1e-5)
     assert float(schedule(110)) == pytest.approx(0.0, abs=1e-7)
-    ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
+
+    def ones(*shape):
+        return np.ones(shape, np.float32)
+
     params = {"backbone": {"conv1": {"kernel": ones(3, 3, 3, 4)}, "bn1": {"scale": ones(4), "bias": ones(4)}},
               "br_s1": {"conv1": {"kernel": ones(3, 3, 4, 4), "bias": ones(4)}}}
     config.optimizer.update(warmup_steps=0, momentum=0.0, weight_decay=0.5, backbone_lr_multiplier=0.1)

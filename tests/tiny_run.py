@@ -20,7 +20,7 @@ def tiny_config(data_dir: str, **overrides):
     config.data.data_dir = data_dir
     config.data.eval_pad_size = (48, 64)
     config.data.worker_count = 0
-    config.crop_size = 48
+    config.crop_size = (48, 48)
     config.model.kernel_size = 3
     config.global_batch_size = 4
     config.eval_batch_size = 4

@@ -3,10 +3,10 @@
 Both loaders take the config's `data` section and read what they need from it.
 
 Training: one seeded, per-epoch shuffle of the whole split, repeated forever; process p of n takes elements
-p, p + n, p + 2n, ... of it (grain's `ShardOptions`, given to the `DataLoader`), so the global batch at a
-step holds the same records whatever the process count. Random augmentation draws come from grain's
-per-record generator, so a batch depends only on (seed, step), never on the number of worker processes. The
-iterator is grain's checkpointable one: `it.get_state()` / `it.set_state(state)`.
+p, p + n, p + 2n, ... of it (grain's `ShardOptions`, given to the `DataLoader`). Random augmentation draws
+come from grain's per-record generator, so 0 and 1 worker processes give the same batches; with 2 or more,
+grain hands each worker whole batches in turn and the batches depend on `worker_count`. The iterator is
+grain's checkpointable one: `it.get_state()` / `it.set_state(state)`.
 
 Evaluation: each process reads a contiguous block of the split, padded with empty examples (mask all false)
 to the same number of batches on every process, so every example is seen exactly once and no process waits.

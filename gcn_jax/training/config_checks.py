@@ -12,7 +12,7 @@ from gcn_jax.evaluation.evaluate import inference_options
 from gcn_jax.images import size_pair
 from gcn_jax.models import build_model, check_weights_file
 from gcn_jax.training.checkpoints import check_retention
-from gcn_jax.training.optimizer import check_optimizer
+from gcn_jax.training.optimizer import check_optimizer, valid_grad_accum_steps
 
 
 class ConfigError(ValueError):
@@ -40,12 +40,14 @@ def _dataset_problems(config) -> list[str]:
 
 
 def _batch_problems(key: str, value, num_devices: int, process_count: int, accum: int = 1) -> list[str]:
-    """A global batch must split over the devices (times the accumulation steps) and over the processes."""
-    what = f"{num_devices} devices" + (f" x {accum} accumulation steps" if accum > 1 else "")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (num_devices * accum):
-        return [f"config.{key} = {value} does not split evenly over {what}; use a multiple of "
-                f"{num_devices * accum}"]
-    return _problem(key, local_batch_size, value, process_count)
+    """A global batch must split over the processes (the input pipeline's rule) and over the devices, times
+    the accumulation steps."""
+    problems = _problem(key, local_batch_size, value, process_count)
+    if not problems and value % (num_devices * accum):
+        what = f"{num_devices} devices" + (f" x {accum} accumulation steps" if accum > 1 else "")
+        problems.append(f"config.{key} = {value} does not split evenly over {what}; use a multiple of "
+                        f"{num_devices * accum}")
+    return problems
 
 
 def _training_problems(config, num_devices: int, process_count: int) -> list[str]:
@@ -56,7 +58,7 @@ def _training_problems(config, num_devices: int, process_count: int) -> list[str
     if config.model.pretrained:
         problems += _problem("model.pretrained", check_weights_file, config.model.pretrained)
     accum = config.optimizer.grad_accum_steps
-    accum = accum if isinstance(accum, int) and accum >= 1 else 1  # an invalid value is reported above
+    accum = accum if valid_grad_accum_steps(accum) else 1  # an invalid value is reported above
     problems += _batch_problems("global_batch_size", config.global_batch_size, num_devices, process_count, accum)
     for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps"):
         if config[key] <= 0:
@@ -66,14 +68,22 @@ def _training_problems(config, num_devices: int, process_count: int) -> list[str
     return problems
 
 
-def check_config(config, num_devices: int, process_count: int = 1, training: bool = True) -> None:
+COMMANDS = ("train", "eval", "predict")
+
+
+def check_config(config, num_devices: int, process_count: int = 1, command: str = "train") -> None:
     """Raise `ConfigError` listing every impossible setting of ``config`` on ``num_devices`` devices in
-    ``process_count`` processes. ``training=False`` checks only what evaluation and prediction use."""
+    ``process_count`` processes, for what ``command`` (one of `COMMANDS`) uses: prediction the model and the
+    inference options; evaluation also the validation data; training everything."""
+    if command not in COMMANDS:
+        raise ValueError(f"command {command!r}: expected one of {COMMANDS}")
     problems = _problem("model", build_model, config.model)
     problems += _dataset_problems(config)
     problems += _problem("eval", inference_options, config.eval)
-    problems += _batch_problems("eval_batch_size", config.eval_batch_size, num_devices, process_count)
-    if training:
+    if command != "predict":
+        problems += _problem("data.eval_pad_size", size_pair, config.data.eval_pad_size, "eval_pad_size")
+        problems += _batch_problems("eval_batch_size", config.eval_batch_size, num_devices, process_count)
+    if command == "train":
         problems += _training_problems(config, num_devices, process_count)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

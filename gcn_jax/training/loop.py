@@ -14,10 +14,13 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -172,13 +175,13 @@ def _all_finite(tree) -> jax.Array:
 class _Run:
     """What the loop works with, built once by `_set_up`: devices, data, compiled steps and the outputs."""
 
-    config: object
+    config: ml_collections.ConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    train_iter: object
-    train_step: object
+    train_iter: Iterator[dict]  # grain's checkpointable iterator
+    train_step: Callable  # `state.make_train_step`'s jitted step
     evaluator: Evaluator
-    manager: object
+    manager: ocp.CheckpointManager
     logger: MetricLogger
     periods: Periods
 
@@ -202,6 +205,7 @@ class _Run:
         images_per_second, eta = meter.lap(step)
         self.logger.write(step, {"loss": loss, "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
                                  "images_per_second": images_per_second}, prefix="train/")
+        self.logger.flush()
         if jax.process_index() == 0:
             logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f images/s  ETA %s", step, self.periods.total, loss,
                          last["learning_rate"], images_per_second, format_eta(eta))

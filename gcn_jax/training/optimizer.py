@@ -9,6 +9,10 @@ from flax import traverse_util
 OPTIMIZERS = ("sgd", "adamw")
 
 
+def valid_grad_accum_steps(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def check_optimizer(opt_config, num_train_steps: int) -> None:
     """Raise ValueError naming every impossible setting of ``config.optimizer``."""
     problems = []
@@ -21,9 +25,8 @@ def check_optimizer(opt_config, num_train_steps: int) -> None:
                         f"({num_train_steps})")
     if opt_config.grad_clip_norm is not None and opt_config.grad_clip_norm <= 0:
         problems.append(f"grad_clip_norm = {opt_config.grad_clip_norm}: expected > 0 or unset")
-    accum = opt_config.grad_accum_steps
-    if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
-        problems.append(f"grad_accum_steps = {accum}: expected an int >= 1")
+    if not valid_grad_accum_steps(opt_config.grad_accum_steps):
+        problems.append(f"grad_accum_steps = {opt_config.grad_accum_steps}: expected an int >= 1")
     if problems:
         raise ValueError("; ".join(problems))
 
