@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("name the images: image files and/or folders after the flags")
-    cli.start(argv, max_args=None)
+    cli.start(argv, takes_paths=True)
     from gcn_jax import parallel
     from gcn_jax.evaluation import prediction
     from gcn_jax.training.checkpoints import load_variables

@@ -36,11 +36,11 @@ def define_flags(config_help: str, *, checkpoint: bool = False, distributed: boo
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-def start(argv, *, max_args: int | None = 1) -> None:
-    """Refuse unexpected positional arguments, start jax.distributed where asked or detected (before any
-    other JAX call), and hide the libraries' INFO chatter."""
-    if max_args is not None and len(argv) > max_args:
-        raise app.UsageError(f"unexpected arguments: {argv[max_args:]}")
+def start(argv, *, takes_paths: bool = False) -> None:
+    """Refuse positional arguments unless the command ``takes_paths``, start jax.distributed where asked or
+    detected (before any other JAX call), and hide the libraries' INFO chatter."""
+    if not takes_paths and len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if "distributed" in FLAGS:
         parallel.maybe_initialize_distributed(FLAGS.distributed)
     quiet_library_logs()
