@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from gcn_jax import cli
 
@@ -31,6 +31,9 @@ def main(argv):
     mesh = parallel.make_mesh()
     config = cli.checked_config(mesh, "eval")
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
+    output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{step}.json")
+    if jax.process_index() == 0:
+        cli.check_writable(output)
     start = time.perf_counter()
     summary = evaluate.Evaluator(config, model, mesh)(variables)
     seconds = time.perf_counter() - start
@@ -39,7 +42,6 @@ def main(argv):
         print(f"checkpoint step {step} of {FLAGS.workdir}; {config.data.name} {config.data.eval_split}; "
               f"scales {options['scales']}, flip {options['flip']}, window {options['window']}; {seconds:.1f}s")
         print(metrics.format_table(summary))
-        output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{step}.json")
         with open(output, "w") as f:
             json.dump({"step": step, "dataset": config.data.name, "split": config.data.eval_split,
                        "inference": options, **summary}, f, indent=2)
@@ -47,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

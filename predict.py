@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags
 
-from gcn_jax import cli
+from gcn_jax import cli, errors
 
 cli.define_flags("Config file the run was trained with.", checkpoint=True)
 flags.DEFINE_string("output", None, "Folder for the PNGs (default: <workdir>/predictions).")
@@ -33,10 +33,14 @@ def main(argv):
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
     output = FLAGS.output or os.path.join(FLAGS.workdir, "predictions")
     predict_fn = prediction.make_predict_fn(model, variables, config.eval)
-    for image, mask, _ in prediction.predict_files(predict_fn, paths, output):
+    written, failed = prediction.predict_files(predict_fn, paths, output)
+    for image, mask, _ in written:
         print(f"{image} -> {mask}")
-    print(f"{len(paths)} images, checkpoint step {step}; masks and overlays in {output}")
+    print(f"{len(written)} images, checkpoint step {step}; masks and overlays in {output}")
+    if failed:
+        raise errors.InputError(f"{len(failed)} of {len(paths)} images could not be read:\n  "
+                                + "\n  ".join(reason for _, reason in failed))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,8 +7,6 @@ Multi-host (Cloud TPU pods, GPU clusters): start the same command on every host;
 when the environment names a cluster or with --distributed (see README).
 """
 
-from absl import app
-
 from gcn_jax import cli
 
 cli.define_flags("Config file (configs/*.py).", distributed=True)
@@ -22,4 +20,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

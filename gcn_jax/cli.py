@@ -3,12 +3,16 @@ call (jax.distributed, library log levels), the up-front config check and the ch
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
+import os
+import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gcn_jax import parallel
+from gcn_jax import errors, parallel
 
 FLAGS = flags.FLAGS
 CHECKPOINT_CHOICES = "'latest', 'best' (highest validation mIoU) or a step number"
@@ -33,7 +37,49 @@ def define_flags(config_help: str, *, checkpoint: bool = False, distributed: boo
     if distributed:
         flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when the environment "
                           "names a cluster, e.g. JAX_COORDINATOR_ADDRESS, Slurm, Open MPI or a Cloud TPU pod).")
+    flags.DEFINE_bool("verbose", False, "Show the full traceback of every error, also of those that explain "
+                      "themselves (bad input, a config value, a missing file).")
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config override (a misspelt key, a value of the wrong type, a
+    config file that does not load) reported as one line and exit code 2 instead of a chain of tracebacks."""
+    try:
+        args = FLAGS(argv)
+        if "config" in FLAGS:
+            FLAGS.config.keys()  # ml_collections reports a config file that did not load on first use
+        return args
+    except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+        if "--verbose" in argv:
+            raise
+        print(f"error: {_flag_error_message(e)}\nSee --helpshort for the flags; --verbose shows the traceback.",
+              file=sys.stderr)
+        sys.exit(errors.EXIT_ERROR)
+
+
+def _flag_error_message(error: Exception) -> str:
+    """ml_collections reports an unknown config key as an AttributeError wrapping a KeyError whose text holds
+    the key and a did-you-mean hint; other errors say what they mean as they are."""
+    while isinstance(error, (AttributeError, KeyError)) and error.args and isinstance(error.args[0], Exception):
+        error = error.args[0]
+    if isinstance(error, (AttributeError, KeyError)) and error.args:
+        return f"unknown config key {error.args[0]}"
+    return str(error)
+
+
+def run(main) -> None:
+    """`app.run(main)` for the command lines: errors raised on purpose (`errors.GcnError`) are printed as
+    their message alone and end the program with their exit code (`gcn_jax.errors`); --verbose keeps the
+    traceback, and any other error is a bug and shows it."""
+
+    def main_reporting_errors(argv):
+        try:
+            main(argv)
+        except errors.GcnError as e:
+            sys.exit(errors.report(e, verbose=FLAGS.verbose))
+
+    app.run(main_reporting_errors, flags_parser=parse_flags)
 
 
 def start(argv, *, takes_paths: bool = False) -> None:
@@ -55,6 +101,19 @@ def checked_config(mesh, command: str):
 
     check_config(FLAGS.config, mesh.size, jax.process_count(), command)
     return FLAGS.config
+
+
+def check_writable(path: str) -> None:
+    """Fail now, not after a long computation, when ``path`` cannot be written (a missing folder, a
+    read-only file system or file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "the file is read-only")
+    except OSError as e:
+        raise errors.InputError(f"cannot write {path}: {e.strerror}; pass --output to write elsewhere") from e
 
 
 def checkpoint_choice() -> str | int:

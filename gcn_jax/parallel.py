@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from gcn_jax.errors import InputError
+
 DATA_AXIS = "data"
 
 
@@ -36,7 +38,7 @@ def maybe_initialize_distributed(flag: bool | None = None) -> bool:
             try:
                 kwargs[key] = int(env[var])
             except ValueError:
-                raise ValueError(f"environment variable {var}={env[var]!r}: expected an integer") from None
+                raise InputError(f"environment variable {var}={env[var]!r}: expected an integer") from None
     jax.distributed.initialize(**kwargs)
     return True
 

@@ -29,3 +29,16 @@ def test_impossible_settings_fail_before_any_compute(data_dir, tmp_path):
                             text=True, timeout=120)
     assert result.returncode != 0 and "learning_rat" in result.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("random.safetensors", bytes(range(256)) * 40, r"random.safetensors: not a readable safetensors file \(its "
+                                                    r"first 8 bytes give a header of \d+ bytes in a file of 10240\)"),
+    ("garbage.npz", b"not a zip archive at all", r"garbage.npz: not a readable .npz file \(an .npz is a zip"),
+])
+def test_an_unreadable_weights_file_is_named_before_any_data_is_loaded(data_dir, tmp_path, name, content, expected):
+    weights = tmp_path / name
+    weights.write_bytes(content)
+    config = tiny_config(data_dir, **{"model.pretrained": str(weights)})
+    with pytest.raises(ConfigError, match=r"config.model.pretrained: .*" + expected):
+        check_config(config, 4)

@@ -4,6 +4,8 @@ resume is bit-identical, and a non-finite loss stops the run keeping the last go
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,9 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from gcn_jax.training import checkpoints
-from gcn_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from gcn_jax.training import checkpoints, workdir_lock
+from gcn_jax.training.loop import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
+from gcn_jax.training.workdir_lock import WorkdirBusyError
 from tests.tiny_run import read_jsonl, saved_params, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_loss_falls_and_everything_is_logged(run_40):
@@ -50,7 +55,8 @@ def test_sigterm_then_resume_ends_bit_identical(run_40, tmp_path):
 
     thread = threading.Thread(target=send_sigterm_after_step_5, daemon=True)
     thread.start()
-    train_and_evaluate(config, workdir)
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM received: saved step \d+ to .*run the same command"):
+        train_and_evaluate(config, workdir)
     thread.join(timeout=10)
     stopped_at = checkpoints.make_manager(workdir, read_only=True).latest_step()
     assert 5 <= stopped_at < 20, stopped_at  # saved at the signal, before the first evaluation
@@ -73,3 +79,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     step, params = saved_params(tmp_path)
     assert 1 <= step < 30
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def test_a_workdir_in_use_is_refused_and_a_killed_run_leaves_it_free(data_dir, tmp_path):
+    workdir = str(tmp_path / "busy")
+    code = ("import sys, time\nfrom gcn_jax.training import workdir_lock\nwith workdir_lock.hold(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, workdir], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirBusyError, match=rf"{workdir} is in use by another training run "
+                                                   rf"\(pid {holder.pid} on "):
+            train_and_evaluate(tiny_config(data_dir), workdir)
+        assert os.listdir(workdir) == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process
+        holder.wait()
+    with workdir_lock.hold(workdir):
+        pass

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gcn_jax.data import common
+from gcn_jax.errors import InputError
 from gcn_jax.labels import IGNORE_LABEL
 
 IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
@@ -97,7 +98,7 @@ class CityscapesFine(common.ArrayRecordBuilder):
                 mask = common.read_index_png(zl.read(label_member), name)
                 image = zi.read(image_member)
                 if mask.shape != _png_size(image):
-                    raise ValueError(f"{name}: label is {mask.shape} but the image is {_png_size(image)} (h, w)")
+                    raise InputError(f"{name}: label is {mask.shape} but the image is {_png_size(image)} (h, w)")
                 yield image_id, {"image": image, "label": common.mask_image(mask), "image_id": image_id}
 
 

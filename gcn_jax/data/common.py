@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from gcn_jax.errors import InputError, NotFoundError
+
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
     """Writes array_record (random access, read by grain without TensorFlow) unless told otherwise.
@@ -54,7 +56,7 @@ def read_index_png(data: bytes | str | os.PathLike, name: str) -> np.ndarray:
     """
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
         if img.mode not in ("P", "L"):
-            raise ValueError(
+            raise InputError(
                 f"{name}: label PNG has mode {img.mode!r}; expected a palette ('P') or 8-bit grayscale ('L') "
                 "image of class indices"
             )
@@ -64,10 +66,10 @@ def read_index_png(data: bytes | str | os.PathLike, name: str) -> np.ndarray:
 def check_values(mask: np.ndarray, allowed: Iterable[int], name: str) -> None:
     bad = np.setdiff1d(np.unique(mask), np.asarray(sorted(allowed)))
     if bad.size:
-        raise ValueError(f"{name}: label values {bad.tolist()} are not classes of this dataset")
+        raise InputError(f"{name}: label values {bad.tolist()} are not classes of this dataset")
 
 
-class MissingFilesError(FileNotFoundError):
+class MissingFilesError(NotFoundError):
     """Files a builder needs are not where the dataset's layout puts them."""
 
 

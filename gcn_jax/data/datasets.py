@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gcn_jax.data import cityscapes, synthetic, voc_sbd
+from gcn_jax.errors import InputError, NotFoundError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     """Spec of a dataset given as 'builder' or 'builder/config' (e.g. 'voc_sbd/aug')."""
     base = name.split("/")[0].split(":")[0]
     if base not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)} (optionally '/config')")
+        raise InputError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)} (optionally '/config')")
     return DATASETS[base]
 
 
@@ -43,7 +44,7 @@ def load_source(name: str, split: str, data_dir: str | None = None):
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
         if not spec.generated:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"dataset {name} is not built in {builder.data_dir}. Build it once from the raw files with\n"
                 f"  python -m gcn_jax.data.build {name} --manual_dir <dir with the raw files>"
                 + (f" --data_dir {data_dir}" if data_dir else "")
@@ -51,5 +52,5 @@ def load_source(name: str, split: str, data_dir: str | None = None):
         builder.download_and_prepare()
     splits = builder.info.splits
     if split not in splits:
-        raise ValueError(f"dataset {name} has no split {split!r}; it has {sorted(splits)}")
+        raise InputError(f"dataset {name} has no split {split!r}; it has {sorted(splits)}")
     return builder.as_data_source(split=split)

@@ -18,6 +18,7 @@ import cv2
 import grain
 import numpy as np
 
+from gcn_jax.errors import InputError
 from gcn_jax.images import normalize
 from gcn_jax.labels import IGNORE_LABEL
 
@@ -116,7 +117,7 @@ class EvalTransform(grain.transforms.Map):
         image, label = _decoded(element, self.label_lut)
         h, w = label.shape
         if h > self.pad_size[0] or w > self.pad_size[1]:
-            raise ValueError(
+            raise InputError(
                 f"image {element['image_id']!r} is {h}x{w} (height x width), larger than the evaluation pad size "
                 f"{self.pad_size[0]}x{self.pad_size[1]}; raise eval_pad_size"
             )

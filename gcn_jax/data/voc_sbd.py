@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from gcn_jax.data import common
+from gcn_jax.errors import InputError
 from gcn_jax.labels import IGNORE_LABEL
 
 NUM_CLASSES = 21
@@ -43,9 +44,9 @@ def read_sbd_mat(path: str) -> np.ndarray:
         gt = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"]
         seg = np.asarray(gt.Segmentation)
     except (KeyError, AttributeError) as e:
-        raise ValueError(f"{path}: expected a MATLAB struct GTcls with a field Segmentation ({e!r})") from e
+        raise InputError(f"{path}: expected a MATLAB struct GTcls with a field Segmentation ({e!r})") from e
     if seg.ndim != 2:
-        raise ValueError(f"{path}: GTcls.Segmentation has shape {seg.shape}; expected (height, width)")
+        raise InputError(f"{path}: GTcls.Segmentation has shape {seg.shape}; expected (height, width)")
     return seg.astype(np.uint8)
 
 
@@ -109,7 +110,7 @@ class VocSbd(common.ArrayRecordBuilder):
             with Image.open(image_path) as img:
                 width, height = img.size
             if mask.shape != (height, width):
-                raise ValueError(f"{label_path}: label is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
+                raise InputError(f"{label_path}: label is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                                  f"{width}x{height} (width x height)")
             # The JPEG bytes are stored as they are; the mask as a single-channel PNG of its indices.
             yield image_id, {"image": image_path, "label": common.mask_image(mask), "image_id": image_id}

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import dataset_spec
+from gcn_jax.errors import InputError
 from gcn_jax.evaluation import inference, metrics
 
 
@@ -46,7 +47,7 @@ class Evaluator:
     `metrics.summarize`'s dict."""
 
     def __init__(self, config, model, mesh):
-        self.mesh = mesh
+        self.mesh, self.dataset = mesh, f"{config.data.name} {config.data.eval_split}"
         self.class_names = dataset_spec(config.data.name).class_names
         self.loader, self.num_batches = pipeline.eval_loader(config.data, config.eval_batch_size)
         self.step = make_eval_step(model, mesh, len(self.class_names), config.eval)
@@ -60,5 +61,5 @@ class Evaluator:
             arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "label", "mask")})
             totals = metrics.add_counts(totals, parallel.fetch(self.step(variables, arrays)))
         if totals is None:
-            raise ValueError("the validation split is empty")
+            raise InputError(f"the validation split of {self.dataset} is empty")
         return metrics.summarize(totals, self.class_names)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.evaluation import evaluate, inference
 from gcn_jax.images import normalize
 from gcn_jax.labels import colorize, palette_image
@@ -30,18 +31,28 @@ def find_images(paths: Sequence[str]) -> list[str]:
         elif os.path.isfile(path):
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise NotFoundError(f"{path}: no such file or folder")
     if not found:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {list(paths)}")
+        raise NotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {list(paths)}")
     return found
 
 
 def read_image(path: str) -> np.ndarray:
+    """RGB uint8 (height, width, 3), as a viewer shows the file: the EXIF orientation applied; 16-bit images
+    scaled to 8 bits (PIL's own conversion would clip them to white); grayscale, palette, CMYK and bilevel
+    images converted to RGB; an alpha channel dropped. Float images, whose range is unknown, are refused."""
     try:
         with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode == "F":
+                raise InputError(f"{path}: a floating-point image (mode F) has no known range; save it as 8-bit "
+                                 "or 16-bit")
+            if image.mode.startswith("I"):  # I;16, I;16B, I: 16-bit grayscale (PNG, TIFF)
+                gray = np.asarray(image, np.float64) * (255 / 65535)
+                return np.repeat(np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL reports some damaged files as SyntaxError
+        raise InputError(f"{path}: not a readable image ({e})") from e
 
 
 def make_predict_fn(model, variables, eval_config):
@@ -63,21 +74,28 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return np.round(blended).astype(np.uint8)
 
 
-def predict_files(predict_fn, paths: Sequence[str], output_dir: str) -> list[tuple[str, str, str]]:
-    """Write <name>_mask.png and <name>_overlay.png for every image; returns (image, mask, overlay) paths."""
+def predict_files(predict_fn, paths: Sequence[str], output_dir: str
+                  ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """Write <name>_mask.png and <name>_overlay.png for every image that can be read. Returns the (image,
+    mask, overlay) paths written and the (image, reason) of those that could not be read: one bad file does
+    not stop the others."""
     os.makedirs(output_dir, exist_ok=True)
-    written, names = [], set()
+    written, failed, names = [], [], set()
     for path in paths:
         base = stem = os.path.splitext(os.path.basename(path))[0]
         copy = 1
         while stem in names:  # the same file name in two folders: keep both
             stem, copy = f"{base}_{copy}", copy + 1
         names.add(stem)
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except InputError as e:
+            failed.append((path, str(e)))
+            continue
         mask = predict_fn(image)
         mask_path = os.path.join(output_dir, f"{stem}_mask.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
         palette_image(mask).save(mask_path)
         Image.fromarray(overlay(image, mask)).save(overlay_path)
         written.append((path, mask_path, overlay_path))
-    return written
+    return written, failed

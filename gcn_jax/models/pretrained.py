@@ -18,6 +18,7 @@ initialisation.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import zipfile
@@ -28,12 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gcn_jax.errors import InputError, NotFoundError
+
 IGNORE_BN_COUNTERS = ("*num_batches_tracked",)
 # A segmentation backbone has no ImageNet classifier: the file's `fc.*` is expected and left unused.
 DEFAULT_IGNORE = ("fc.*", *IGNORE_BN_COUNTERS)
 
 
-class WeightImportError(ValueError):
+class WeightImportError(InputError):
     """A weights file that does not fit the model; the message lists every problem."""
 
 
@@ -98,11 +101,12 @@ def export_state_dict(variables: Mapping, root: Sequence[str] = ("backbone",)) -
 
 
 def check_weights_file(path: str | os.PathLike) -> None:
-    """The file exists and is of a format `read_state_dict` reads (.safetensors or .npz); else
-    FileNotFoundError or `WeightImportError` saying what to do."""
+    """The file exists, is of a format `read_state_dict` reads (.safetensors or .npz) and starts like one (the
+    safetensors JSON header, the .npz zip directory), without reading the tensors: cheap enough for the
+    up-front config check. Else `NotFoundError` or `WeightImportError` saying what to do."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
+        raise NotFoundError(f"weights file {path!r} does not exist")
     if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
         raise WeightImportError(
             f"{path}: PyTorch pickles are not read directly; convert once with "
@@ -110,6 +114,25 @@ def check_weights_file(path: str | os.PathLike) -> None:
         )
     if not path.endswith((".safetensors", ".npz")):
         raise WeightImportError(f"{path}: unknown weights format; expected a .safetensors or .npz file")
+    if path.endswith(".npz") and not zipfile.is_zipfile(path):
+        raise WeightImportError(f"{path}: not a readable .npz file (an .npz is a zip archive; this is not one)")
+    if path.endswith(".safetensors"):
+        _check_safetensors_header(path)
+
+
+def _check_safetensors_header(path: str) -> None:
+    """A safetensors file starts with the length of its JSON header (8 bytes, little-endian), then the header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise WeightImportError(f"{path}: not a readable safetensors file (its first 8 bytes give a header of "
+                                    f"{length} bytes in a file of {size})")
+        try:
+            json.loads(f.read(length))
+        except ValueError:
+            raise WeightImportError(f"{path}: not a readable safetensors file (its header is not JSON)") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -17,13 +17,14 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from gcn_jax import parallel
+from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.models import build_model
 from gcn_jax.training.state import TrainState, variable_shapes
 
 STATE, DATA = "state", "data"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A checkpoint that does not fit the config's model / optimizer; the message lists the differences."""
 
 
@@ -72,7 +73,7 @@ def make_manager(workdir: str, keep_latest: int = 2, keep_best: int = 2, read_on
     """The run's checkpoint manager; ``read_only`` for evaluation (the folder must exist, nothing is deleted)."""
     directory = checkpoint_dir(workdir)
     if read_only and not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints in {workdir}: {directory} does not exist (train first)")
+        raise NotFoundError(f"no checkpoints in {workdir}: {directory} does not exist (train first)")
     check_retention(keep_latest, keep_best)
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(keep_latest),
@@ -106,17 +107,17 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
     """'latest', 'best' (highest validation mIoU saved with it) or a step number -> a step that exists."""
     steps = manager.all_steps()
     if not steps:
-        raise FileNotFoundError(f"no checkpoints in {manager.directory}")
+        raise NotFoundError(f"no checkpoints in {manager.directory}")
     if which == "latest":
         return manager.latest_step()
     if which == "best":
         best = manager.best_step()  # None when no checkpoint has an mIoU
         if best is None:
-            raise ValueError(f"no checkpoint in {manager.directory} has a validation mIoU; steps: {sorted(steps)}")
+            raise InputError(f"no checkpoint in {manager.directory} has a validation mIoU; steps: {sorted(steps)}")
         return best
     step = int(which)
     if step not in steps:
-        raise ValueError(f"no checkpoint for step {step} in {manager.directory}; there are {sorted(steps)}")
+        raise InputError(f"no checkpoint for step {step} in {manager.directory}; there are {sorted(steps)}")
     return step
 
 
@@ -184,11 +185,11 @@ def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=Non
             raise
         where = f"checkpoint {manager.directory}/{step} holds the input position of"
         if "process_" in str(e):
-            raise ValueError(f"{where} another number of processes than the {jax.process_count()} running now "
+            raise InputError(f"{where} another number of processes than the {jax.process_count()} running now "
                              f"({e}); resume with the process count it was written with (evaluation works with "
                              "any)") from e
         if "does not match" in str(e):  # grain compares the sampler and source with the iterator's
-            raise ValueError(f"{where} another order of the training data (another config.data.seed, dataset "
+            raise InputError(f"{where} another order of the training data (another config.data.seed, dataset "
                              "or split, or a gcn-jax version that sharded the data differently); resume with the "
                              "config it was written with, or start a new --workdir") from e
         raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 from gcn_jax.data.datasets import dataset_spec
 from gcn_jax.data.pipeline import local_batch_size
 from gcn_jax.data.transforms import check_augment
+from gcn_jax.errors import InputError
 from gcn_jax.evaluation.evaluate import inference_options
 from gcn_jax.images import size_pair
 from gcn_jax.models import build_model, check_weights_file
@@ -15,8 +16,8 @@ from gcn_jax.training.checkpoints import check_retention
 from gcn_jax.training.optimizer import check_optimizer, valid_grad_accum_steps
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(InputError):
+    """Every impossible setting of a config, one per line."""
 
 
 def _problem(key: str, check, *args) -> list[str]:

@@ -27,18 +27,28 @@ from jax.experimental import multihost_utils
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import load_source
+from gcn_jax.errors import EXIT_INTERRUPTED, EXIT_NON_FINITE, GcnError
 from gcn_jax.evaluation import metrics
 from gcn_jax.evaluation.evaluate import Evaluator
 from gcn_jax.models import build_model
-from gcn_jax.training import checkpoints, optimizer, state as state_lib
+from gcn_jax.training import checkpoints, optimizer, state as state_lib, workdir_lock
 from gcn_jax.training.config_checks import check_config
 from gcn_jax.training.logger import MetricLogger
 
 EVAL_SCALARS = ("miou", "pixel_accuracy", "mean_class_accuracy", "boundary_accuracy", "interior_accuracy")
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(GcnError, FloatingPointError):
+    """The loss, the gradients or the state became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = EXIT_NON_FINITE
+
+
+class TrainingInterrupted(GcnError):
+    """SIGTERM, SIGINT or a preemption notice stopped the run after it saved; running again resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+    label = "stopped"
 
 
 class _StopSignal:
@@ -246,12 +256,9 @@ def _prepare_data(config) -> None:
         multihost_utils.sync_global_devices("datasets ready")
 
 
-def _set_up(config, workdir: str) -> tuple[_Run, state_lib.TrainState]:
-    """Check the config, then build everything the loop needs; the state is restored from the newest
-    checkpoint or freshly initialised."""
-    mesh = parallel.make_mesh()
-    check_config(config, mesh.size, jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
+def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
+    """Build everything the loop needs; the state is restored from the newest checkpoint or freshly
+    initialised."""
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -276,9 +283,18 @@ def _set_up(config, workdir: str) -> tuple[_Run, state_lib.TrainState]:
 
 def train_and_evaluate(config, workdir: str) -> dict | None:
     """Train ``config`` in ``workdir``; returns the last evaluation's summary (`metrics.summarize`), or None
-    when this call ran none (a run that was already complete)."""
-    run, state = _set_up(config, workdir)
-    periods, step, summary = run.periods, checkpoints.host_step(state), None
+    when this call ran none (a run that was already complete). The config is checked before anything is
+    written; a workdir that another run holds is refused (`workdir_lock`). A stop by a signal or a
+    preemption notice saves and then raises `TrainingInterrupted`."""
+    mesh = parallel.make_mesh()
+    check_config(config, mesh.size, jax.process_count())
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, mesh)
+
+
+def _train(config, workdir: str, mesh) -> dict | None:
+    run, state = _set_up(config, workdir, mesh)
+    periods, step, summary, stopped_by = run.periods, checkpoints.host_step(state), None, None
     meter, step_metrics = Meter(config.global_batch_size, periods.total), StepMetrics()
     try:
         if run.evaluation_skipped(step):
@@ -304,9 +320,11 @@ def train_and_evaluate(config, workdir: str) -> dict | None:
                         evaluated = run.save(state, step, evaluate=periods.is_eval(step) and not stopping)
                     summary = summary if evaluated is None else evaluated
                 if stopping:
-                    logging.info("%s received: saved step %d to %s; run train.py again to resume",
-                                 stop.received or "preemption notice", step, checkpoints.checkpoint_dir(workdir))
+                    stopped_by = stop.received or "a preemption notice"
                     break
     finally:
         run.close()
+    if stopped_by:
+        raise TrainingInterrupted(f"{stopped_by} received: saved step {step} to "
+                                  f"{checkpoints.checkpoint_dir(workdir)}; run the same command again to resume")
     return summary

@@ -1,0 +1,80 @@
+"""Image files as `predict.py` reads them: every common mode comes out as the RGB a viewer shows, and one
+unreadable file does not stop the others."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gcn_jax.errors import InputError
+from gcn_jax.evaluation.prediction import predict_files, read_image
+
+RAMP = np.arange(12 * 16, dtype=np.float64).reshape(12, 16) / (12 * 16 - 1)  # 0 .. 1, row-major
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.round(RAMP * 65535).astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image = read_image(str(path))
+    assert image.dtype == np.uint8 and image.shape == (12, 16, 3)
+    np.testing.assert_allclose(image[..., 0], RAMP * 255, atol=0.51)
+    assert np.all(image[..., 0] == image[..., 2])
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "1"])
+def test_grayscale_palette_and_alpha_images_give_their_rgb(tmp_path, mode):
+    rgb = np.stack([np.round(RAMP * 255), np.round(255 - RAMP * 255), np.full_like(RAMP, 40)], -1).astype(np.uint8)
+    source = Image.fromarray(rgb)
+    if mode in ("RGBA", "LA"):
+        converted = source.convert(mode)
+        converted.putalpha(Image.fromarray(np.full((12, 16), 7, np.uint8)))  # nearly transparent
+    else:
+        converted = source.convert(mode)
+    path = tmp_path / "image.png"
+    converted.save(path)
+    np.testing.assert_array_equal(read_image(str(path)), np.asarray(converted.convert("RGB")))
+    if mode == "RGBA":  # transparency does not darken the colours
+        np.testing.assert_array_equal(read_image(str(path)), rgb)
+
+
+def test_cmyk_jpeg_comes_out_rgb(tmp_path):
+    path = tmp_path / "print.jpg"
+    Image.new("RGB", (16, 12), (200, 30, 60)).convert("CMYK").save(path, quality=95)
+    image = read_image(str(path))
+    assert image.shape == (12, 16, 3)
+    np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (200, 30, 60), atol=6)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((12, 16, 3), np.uint8)
+    pixels[:4, :4] = (255, 0, 0)  # a red top-left corner
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.jpg"
+    image.save(path, exif=exif, quality=100)
+    shown = read_image(str(path))
+    assert shown.shape == (16, 12, 3)
+    assert shown[1, -2, 0] > 200 and shown[1, 1, 0] < 60  # the corner is now top right
+
+
+def test_float_images_are_refused_by_name(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(RAMP.astype(np.float32)).save(path)
+    with pytest.raises(InputError, match=r"depth.tif: a floating-point image \(mode F\)"):
+        read_image(str(path))
+
+
+def test_one_unreadable_file_does_not_stop_the_others(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 12), (10, 20, 30)).save(good)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    later = tmp_path / "later.png"
+    Image.new("RGB", (8, 8)).save(later)
+    written, failed = predict_files(lambda image: np.zeros(image.shape[:2], np.uint8),
+                                    [str(good), str(broken), str(later)], str(tmp_path / "out"))
+    assert [w[0] for w in written] == [str(good), str(later)]
+    assert [f[0] for f in failed] == [str(broken)] and "broken.jpg: not a readable image" in failed[0][1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "good_mask.png", "good_overlay.png", "later_mask.png", "later_overlay.png"]
