@@ -32,8 +32,7 @@ def main(argv):
     config = cli.checked_config(mesh, "eval")
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
     output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{step}.json")
-    if jax.process_index() == 0:
-        cli.check_writable(output)
+    cli.check_writable(output)
     start = time.perf_counter()
     summary = evaluate.Evaluator(config, model, mesh)(variables)
     seconds = time.perf_counter() - start

@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) < 2:
-        raise app.UsageError("name the images: image files and/or folders after the flags")
+        raise app.UsageError("name the images: image files and/or folders after the flags", exitcode=errors.EXIT_ERROR)
     cli.start(argv, takes_paths=True)
     from gcn_jax import parallel
     from gcn_jax.evaluation import prediction

@@ -44,14 +44,15 @@ def define_flags(config_help: str, *, checkpoint: bool = False, distributed: boo
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config override (a misspelt key, a value of the wrong type, a
-    config file that does not load) reported as one line and exit code 2 instead of a chain of tracebacks."""
+    config file that does not exist) reported as one message and exit code 2 instead of a chain of
+    tracebacks. An error raised by the code of a config file itself keeps its traceback."""
     try:
         args = FLAGS(argv)
         if "config" in FLAGS:
             FLAGS.config.keys()  # ml_collections reports a config file that did not load on first use
         return args
-    except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
-        if "--verbose" in argv:
+    except (flags.Error, AttributeError, KeyError, OSError) as e:
+        if any(arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for arg in argv):
             raise
         print(f"error: {_flag_error_message(e)}\nSee --helpshort for the flags; --verbose shows the traceback.",
               file=sys.stderr)
@@ -63,9 +64,9 @@ def _flag_error_message(error: Exception) -> str:
     the key and a did-you-mean hint; other errors say what they mean as they are."""
     while isinstance(error, (AttributeError, KeyError)) and error.args and isinstance(error.args[0], Exception):
         error = error.args[0]
-    if isinstance(error, (AttributeError, KeyError)) and error.args:
+    if isinstance(error, KeyError) and error.args:
         return f"unknown config key {error.args[0]}"
-    return str(error)
+    return str(error.args[0]) if isinstance(error, AttributeError) and error.args else str(error)
 
 
 def run(main) -> None:
@@ -86,7 +87,7 @@ def start(argv, *, takes_paths: bool = False) -> None:
     """Refuse positional arguments unless the command ``takes_paths``, start jax.distributed where asked or
     detected (before any other JAX call), and hide the libraries' INFO chatter."""
     if not takes_paths and len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=errors.EXIT_ERROR)
     if "distributed" in FLAGS:
         parallel.maybe_initialize_distributed(FLAGS.distributed)
     quiet_library_logs()
@@ -104,16 +105,22 @@ def checked_config(mesh, command: str):
 
 
 def check_writable(path: str) -> None:
-    """Fail now, not after a long computation, when ``path`` cannot be written (a missing folder, a
-    read-only file system or file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            raise PermissionError(errno.EACCES, "the file is read-only")
-    except OSError as e:
-        raise errors.InputError(f"cannot write {path}: {e.strerror}; pass --output to write elsewhere") from e
+    """Fail now, not after a long computation, when process 0 cannot write ``path`` (a missing folder, a
+    folder in its place, a read-only file system or file); every process stops."""
+    problem = None
+    if parallel.jax.process_index() == 0:
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "it is a folder")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "the file is read-only")
+        except OSError as e:
+            problem = f"cannot write {path}: {e.strerror or e}; pass --output to write elsewhere"
+    if parallel.process_0_says(problem is not None):
+        raise errors.InputError(problem or f"process 0 cannot write {path}")
 
 
 def checkpoint_choice() -> str | int:

@@ -91,6 +91,16 @@ def replicate(mesh, tree):
     return jax.tree.map(put, tree)
 
 
+def process_0_says(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (a broadcast; no communication in a single process), so that a
+    check only process 0 can make (a lock, a file it writes) stops every process, not process 0 alone."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
+
+
 def fetch(tree):
     """Replicated global arrays -> numpy on every process (each reads its own copy; no communication)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)

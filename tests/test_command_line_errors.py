@@ -80,6 +80,7 @@ def test_a_run_stopped_by_sigterm_exits_75_and_resumes(data_dir, tmp_path):
         deadline = time.monotonic() + 240
         while not (workdir / "metrics.jsonl").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert (workdir / "metrics.jsonl").exists(), "training did not start"
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=240)
     finally:

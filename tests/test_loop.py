@@ -3,6 +3,7 @@ resume is bit-identical, and a non-finite loss stops the run keeping the last go
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,8 +89,11 @@ def test_a_workdir_in_use_is_refused_and_a_killed_run_leaves_it_free(data_dir, t
     holder = subprocess.Popen([sys.executable, "-c", code, workdir], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": ROOT})
     try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(WorkdirBusyError, match=rf"{workdir} is in use by another training run "
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(os.path.join(workdir, ".lock")) and open(os.path.join(workdir, ".lock")).read()):
+            assert time.monotonic() < deadline and holder.poll() is None, "the holder did not take the lock"
+            time.sleep(0.05)
+        with pytest.raises(WorkdirBusyError, match=rf"{re.escape(workdir)} is in use by another training run "
                                                    rf"\(pid {holder.pid} on "):
             train_and_evaluate(tiny_config(data_dir), workdir)
         assert os.listdir(workdir) == [".lock"]  # the refused run wrote nothing

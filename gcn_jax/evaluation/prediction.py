@@ -47,11 +47,12 @@ def read_image(path: str) -> np.ndarray:
             if image.mode == "F":
                 raise InputError(f"{path}: a floating-point image (mode F) has no known range; save it as 8-bit "
                                  "or 16-bit")
-            if image.mode.startswith("I"):  # I;16, I;16B, I: 16-bit grayscale (PNG, TIFF)
+            if image.mode.startswith("I"):  # I;16, I;16B, I: 16-bit grayscale (PNG, TIFF); above 65535 saturates
                 gray = np.asarray(image, np.float64) * (255 / 65535)
                 return np.repeat(np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL reports some damaged files as SyntaxError
+    # PIL reports some damaged files as SyntaxError, bad EXIF data as ValueError, a huge image as a bomb.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: not a readable image ({e})") from e
 
 

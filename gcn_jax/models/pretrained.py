@@ -126,13 +126,15 @@ def _check_safetensors_header(path: str) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < length <= size - 8:
+        if not 0 < length <= min(size - 8, 100_000_000):  # safetensors' own limit is 100 MB
             raise WeightImportError(f"{path}: not a readable safetensors file (its first 8 bytes give a header of "
                                     f"{length} bytes in a file of {size})")
         try:
-            json.loads(f.read(length))
+            header = json.loads(f.read(length))
         except ValueError:
-            raise WeightImportError(f"{path}: not a readable safetensors file (its header is not JSON)") from None
+            header = None
+        if not isinstance(header, dict):
+            raise WeightImportError(f"{path}: not a readable safetensors file (its header is not a JSON object)")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

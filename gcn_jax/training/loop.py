@@ -259,6 +259,7 @@ def _prepare_data(config) -> None:
 def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
     """Build everything the loop needs; the state is restored from the newest checkpoint or freshly
     initialised."""
+    os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -288,7 +289,7 @@ def train_and_evaluate(config, workdir: str) -> dict | None:
     preemption notice saves and then raises `TrainingInterrupted`."""
     mesh = parallel.make_mesh()
     check_config(config, mesh.size, jax.process_count())
-    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    with workdir_lock.hold(workdir, jax.process_index() == 0, parallel.process_0_says):
         return _train(config, workdir, mesh)
 
 

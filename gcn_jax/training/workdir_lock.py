@@ -21,29 +21,43 @@ class WorkdirBusyError(InputError):
     """Another run holds the workdir."""
 
 
-@contextlib.contextmanager
-def hold(workdir: str, enabled: bool = True):
-    """Hold the workdir's lock for the duration of the ``with`` block, or raise `WorkdirBusyError` naming the
-    run that holds it. ``enabled`` False (processes other than 0 of a multi-host run) does nothing."""
-    if not enabled:
-        yield
-        return
+def _acquire(workdir: str):
+    """The open, locked lock file, or `WorkdirBusyError` naming the run that holds it."""
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, ".lock")
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise WorkdirBusyError(f"{workdir} is in use by another training run ({holder}); wait for it to end, "
-                                   "stop it, or train in another --workdir") from None
+    f = open(os.path.join(workdir, ".lock"), "a+")  # closed by `hold`
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise WorkdirBusyError(f"{workdir} is in use by another training run ({holder}); wait for it to end, "
+                               "stop it, or train in another --workdir") from None
+    f.truncate(0)  # "a+" writes at the end, which is now the start
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
+@contextlib.contextmanager
+def hold(workdir: str, is_main: bool = True, agree=bool):
+    """Hold the workdir's lock for the duration of the ``with`` block, or raise `WorkdirBusyError` naming the
+    run that holds it. Only the main process (process 0) takes the lock; ``agree`` (`parallel.process_0_says`
+    in a multi-host run) tells the others whether it got it, so that every process stops when it did not."""
+    lock, busy = None, None
+    if is_main:
         try:
-            yield
-        finally:
-            f.truncate(0)
-            fcntl.flock(f, fcntl.LOCK_UN)
+            lock = _acquire(workdir)
+        except WorkdirBusyError as e:
+            busy = e
+    if agree(busy is not None) and busy is None:
+        busy = WorkdirBusyError(f"{workdir} is in use by another training run (process 0 found its lock)")
+    if busy is not None:
+        raise busy
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
