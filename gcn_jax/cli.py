@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -96,8 +97,6 @@ def start(argv, *, takes_paths: bool = False) -> None:
 def checked_config(mesh, command: str):
     """--config, checked for ``command`` against the devices of ``mesh`` (`check_config`) before anything is
     computed."""
-    import jax
-
     from gcn_jax.training.config_checks import check_config
 
     check_config(FLAGS.config, mesh.size, jax.process_count(), command)
@@ -108,7 +107,7 @@ def check_writable(path: str) -> None:
     """Fail now, not after a long computation, when process 0 cannot write ``path`` (a missing folder, a
     folder in its place, a read-only file system or file); every process stops."""
     problem = None
-    if parallel.jax.process_index() == 0:
+    if jax.process_index() == 0:
         folder = os.path.dirname(os.path.abspath(path))
         try:
             if os.path.isdir(path):
