@@ -289,7 +289,7 @@ def train_and_evaluate(config, workdir: str) -> dict | None:
     preemption notice saves and then raises `TrainingInterrupted`."""
     mesh = parallel.make_mesh()
     check_config(config, mesh.size, jax.process_count())
-    with workdir_lock.hold(workdir, jax.process_index() == 0, parallel.process_0_says):
+    with workdir_lock.hold(workdir):
         return _train(config, workdir, mesh)
 
 

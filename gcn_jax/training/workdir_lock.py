@@ -14,6 +14,9 @@ import os
 import socket
 import time
 
+import jax
+
+from gcn_jax import parallel
 from gcn_jax.errors import InputError
 
 
@@ -40,17 +43,17 @@ def _acquire(workdir: str):
 
 
 @contextlib.contextmanager
-def hold(workdir: str, is_main: bool = True, agree=bool):
+def hold(workdir: str):
     """Hold the workdir's lock for the duration of the ``with`` block, or raise `WorkdirBusyError` naming the
-    run that holds it. Only the main process (process 0) takes the lock; ``agree`` (`parallel.process_0_says`
-    in a multi-host run) tells the others whether it got it, so that every process stops when it did not."""
+    run that holds it. Only process 0 takes the lock; in a multi-host run it tells the others whether it got
+    it, so that every process stops when it did not."""
     lock, busy = None, None
-    if is_main:
+    if jax.process_index() == 0:
         try:
             lock = _acquire(workdir)
         except WorkdirBusyError as e:
             busy = e
-    if agree(busy is not None) and busy is None:
+    if parallel.process_0_says(busy is not None) and busy is None:
         busy = WorkdirBusyError(f"{workdir} is in use by another training run (process 0 found its lock)")
     if busy is not None:
         raise busy
