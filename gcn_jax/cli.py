@@ -91,7 +91,7 @@ def start(argv, *, takes_paths: bool = False) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=errors.EXIT_ERROR)
     if "distributed" in FLAGS:
         parallel.maybe_initialize_distributed(FLAGS.distributed)
-    quiet_library_logs()
+    quiet_library_logs(verbose=FLAGS.verbose)
 
 
 def checked_config(mesh, command: str):
@@ -127,15 +127,31 @@ def checkpoint_choice() -> str | int:
     return parse_checkpoint(FLAGS.checkpoint)
 
 
-def quiet_library_logs() -> None:
-    """Hide orbax's INFO lines (dozens per checkpoint) from the console; warnings and errors still show."""
+def quiet_library_logs(verbose: bool = False) -> None:
+    """Hide orbax's INFO lines (dozens per checkpoint) from the console; warnings and errors still show, its
+    errors as one line each unless ``verbose`` (a failed save logs the same traceback from several threads
+    before the run stops with `checkpoints.CheckpointSaveError`). Also, unless ``verbose``, the "Event loop is
+    closed" noise that TensorStore's callbacks print (hundreds of times) after orbax gave up on a failed write."""
 
     def keep(record) -> bool:
         if "/orbax/" not in record.pathname:
             return True
         # Saves between evaluations carry no mIoU by design; orbax warns about each of them.
         message = record.getMessage()
+        if record.levelno >= std_logging.ERROR and not verbose:
+            record.msg, record.args = (message.splitlines() or [""])[0], None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
         return (record.levelno >= std_logging.WARNING and "did not provide metrics" not in message
                 and "read only" not in message and "read_only=True" not in message)
 
     logging.get_absl_handler().addFilter(keep)
+    if not verbose:
+        sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def _without_closed_loop_noise(hook):
+    def unraisable(info) -> None:
+        if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+            hook(info)
+
+    return unraisable

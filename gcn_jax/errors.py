@@ -8,6 +8,7 @@ traceback. Exit codes (README, "When things go wrong"):
     1   an unexpected error (a bug): Python's traceback
     2   bad input: a config value, flag, file or dataset that cannot be used (`InputError`, `NotFoundError`)
     3   training stopped on a non-finite loss; the last good checkpoint is kept
+    74  a checkpoint could not be written (a full disk, ...); the last intact one is kept
     75  stopped by SIGTERM / SIGINT / a preemption notice after saving: run the same command again to resume
 """
 
@@ -18,6 +19,7 @@ import traceback
 
 EXIT_ERROR = 2
 EXIT_NON_FINITE = 3
+EXIT_SAVE_FAILED = 74  # EX_IOERR (sysexits.h)
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): try again later
 
 

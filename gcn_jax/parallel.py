@@ -101,6 +101,16 @@ def process_0_says(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
 
 
+def all_processes_say(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (no communication in a single process), so that a check whose
+    answer may differ between hosts (a file one of them cannot read) leads every process the same way."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
 def fetch(tree):
     """Replicated global arrays -> numpy on every process (each reads its own copy; no communication)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)

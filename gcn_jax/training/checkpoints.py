@@ -4,28 +4,54 @@ a run's model variables for evaluation and prediction.
 
 Kept: the newest `keep_latest` checkpoints, plus the `keep_best` ones with the highest validation mIoU
 (checkpoints saved between evaluations have none). The newest is never deleted by the best-N rule.
+
+Failures keep what is saved. orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
+complete, so a save that fails (a full disk) leaves no step that looks finished; it raises `CheckpointSaveError`
+naming the cause and the last intact step, and retention deletes nothing for a save that did not finish. On
+resume an unreadable newest step (a file missing inside it) is moved to ``<workdir>/damaged_checkpoints/`` once
+an older step has been read in its place (`restore_newest_intact`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import re
+import shutil
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from gcn_jax import parallel
-from gcn_jax.errors import InputError, NotFoundError
+from gcn_jax.errors import EXIT_SAVE_FAILED, GcnError, InputError, NotFoundError
 from gcn_jax.models import build_model
 from gcn_jax.training.state import TrainState, variable_shapes
 
 STATE, DATA = "state", "data"
+DAMAGED_DIR = "damaged_checkpoints"  # in the workdir, beside checkpoints/
 
 
 class CheckpointMismatchError(InputError):
     """A checkpoint that does not fit the config's model / optimizer; the message lists the differences."""
+
+
+class DamagedCheckpointError(InputError):
+    """A checkpoint step that cannot be read: a file missing or damaged inside its folder."""
+
+    def __init__(self, message: str, step: int | None = None, reason: str = ""):
+        super().__init__(message)
+        self.step, self.reason = step, reason
+
+
+class CheckpointSaveError(GcnError):
+    """A checkpoint could not be written; the message names the cause and the last intact checkpoint."""
+
+    exit_code = EXIT_SAVE_FAILED
 
 
 class _IteratorState:
@@ -81,8 +107,10 @@ def make_manager(workdir: str, keep_latest: int = 2, keep_best: int = 2, read_on
     ])
     # best_fn makes orbax write (and reload on resume) the metrics that best_step() and the best-N rule read;
     # retention itself is the preservation policy.
+    # cleanup_tmp_directories: the unfinished folder of a save that failed or was killed is removed on resume.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_miou, best_mode="max",
                                            create=not read_only, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only,
                                            save_interval_steps=0 if read_only else 1,
                                            enable_async_checkpointing=not read_only)
     return ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
@@ -96,11 +124,88 @@ def _as_dict(state) -> dict:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_iterator, miou: float | None = None) -> bool:
-    """Start an asynchronous save of ``state`` and the iterator position at ``state.step``."""
+    """Start an asynchronous save of ``state`` and the iterator position at ``state.step``, once the previous
+    save has finished; `CheckpointSaveError` if that one or this one fails."""
+    check_saving(manager)
     items = {STATE: ocp.args.PyTreeSave(_as_dict(state)),
              DATA: grain.checkpoint.CheckpointSave(_IteratorState(data_iterator.get_state()))}
     metrics = None if miou is None else {"miou": float(miou)}
-    return manager.save(host_step(state), args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    try:
+        return manager.save(host_step(state), args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    except Exception as e:  # the synchronous part: folders, metadata, copying the arrays to the host
+        raise save_failed(manager, e) from e
+
+
+def check_saving(manager: ocp.CheckpointManager, block: bool = True) -> None:
+    """Raise `CheckpointSaveError` if an asynchronous save failed; ``block``: wait for the one in flight
+    first, else look only if it has ended (so that a run stops at the next log step, not the next save)."""
+    if not block and manager.is_saving_in_progress():
+        return
+    try:
+        manager.wait_until_finished()  # re-raises the error of the background save, once
+    except Exception as e:
+        raise save_failed(manager, e) from e
+
+
+# (errno, its text in OSError / TensorStore messages, what it means for the user)
+_WRITE_FAILURES = (
+    (errno.ENOSPC, "No space left on device", "the disk is full"),
+    (errno.EDQUOT, "Disk quota exceeded", "the disk quota is used up"),
+    (errno.EFBIG, "File too large", "a file grew past the size limit of this process or file system"),
+    (errno.EROFS, "Read-only file system", "the file system is read-only"),
+    (errno.EACCES, "Permission denied", "permission to write was denied"),
+    (errno.EIO, "Input/output error", "the storage reported an input/output error"),
+)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
+
+
+def write_failure_cause(error: BaseException) -> str:
+    """What made a write fail, for a person: 'the disk is full (No space left on device)', or the error's
+    first line. TensorStore reports the OS error only in its message (os_error_code='28')."""
+    chain = _chain(error)
+    text = " ".join(str(e) for e in chain)
+    for number, words, meaning in _WRITE_FAILURES:
+        if (any(getattr(e, "errno", None) == number for e in chain) or words in text
+                or f"os_error_code='{number}'" in text):
+            return f"{meaning} ({words})"
+    return _first_line(error)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def save_failed(manager: ocp.CheckpointManager, error: BaseException) -> CheckpointSaveError:
+    """The error that stops a run whose checkpoint could not be written: the cause, the space left, the last
+    intact step (read from disk: a failed save never renamed its folder) and what to do."""
+    directory = str(manager.directory)
+    manager.reload()
+    intact = manager.latest_step()
+    unfinished = sorted(n for n in os.listdir(directory) if ".orbax-checkpoint-tmp" in n)
+    lines = [f"saving a checkpoint to {directory} failed: {write_failure_cause(error)}; "
+             f"{_megabytes(shutil.disk_usage(directory).free)} free there."]
+    if intact is None:
+        lines.append("No checkpoint of this run was saved before.")
+    else:
+        lines.append(f"The last intact checkpoint is step {intact} ({os.path.join(directory, str(intact))}); "
+                     "no earlier checkpoint was removed.")
+    if unfinished:
+        lines.append(f"Unfinished, not a checkpoint: {', '.join(unfinished)} (removed when the run resumes).")
+    lines.append("Free some space (or fix the cause) and run the same command again to resume"
+                 + ("." if intact is None else f" from step {intact}."))
+    return CheckpointSaveError("\n".join(lines))
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
@@ -139,12 +244,27 @@ def _grouped_by_module(names, where: str) -> list[str]:
     return lines
 
 
+def _damaged(manager: ocp.CheckpointManager, step: int, cause: BaseException | str) -> DamagedCheckpointError:
+    reason = cause if isinstance(cause, str) else _first_line(cause)
+    return DamagedCheckpointError(f"checkpoint {manager.directory}/{step} cannot be read: {reason}", step, reason)
+
+
+def _saved_state_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        saved = manager.item_metadata(step)[STATE]
+    except Exception as e:  # a missing or unreadable metadata file
+        raise _damaged(manager, step, e) from e
+    saved = saved.tree if hasattr(saved, "tree") else saved
+    if not saved:
+        raise _damaged(manager, step, f"its {STATE}/_METADATA file is missing or empty")
+    return saved
+
+
 def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict) -> None:
     """Raise `CheckpointMismatchError` listing every array of ``target`` (a dict of parts of the train state)
     whose shape differs from the checkpoint's, or that exists on one side only. Parameters are compared first:
     differences in BN statistics and optimizer state follow from them."""
-    saved = manager.item_metadata(step)[STATE]
-    saved = saved.tree if hasattr(saved, "tree") else saved
+    saved = _saved_state_metadata(manager, step)
     for key in sorted(target, key=("params", "batch_stats", "opt_state").index):
         have, want = _array_shapes({key: saved.get(key, {})}), _array_shapes({key: target[key]})
         if have != want:
@@ -165,11 +285,29 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict) ->
     raise CheckpointMismatchError("\n".join(lines))
 
 
+def _check_input_position(manager: ocp.CheckpointManager, step: int) -> None:
+    """The step's input positions (grain writes ``process_<i>-of-<n>.json`` per process) were written by as
+    many processes as run now, and this process's file is there."""
+    folder = os.path.join(str(manager.directory), str(step), DATA)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    counts = {int(m.group(1)) for m in (re.fullmatch(r"process_\d+-of-(\d+)\.json", n) for n in names) if m}
+    if counts and jax.process_count() not in counts:
+        raise InputError(f"checkpoint {manager.directory}/{step} holds the input position of {max(counts)} "
+                         f"processes, not of the {jax.process_count()} running now; resume with the process count "
+                         "it was written with (evaluation works with any)")
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if own not in names:
+        raise _damaged(manager, step, f"{os.path.join(folder, own)} (the input position) is missing")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=None):
     """Restore the parts of the train state that ``target`` names (a `TrainState`, or a dict such as
     {'params', 'batch_stats'}) onto ``target``'s shardings, whatever device count wrote them; and, if given,
-    the iterator position. Returns the same structure as ``target``."""
+    the iterator position. Returns the same structure as ``target``. A step that cannot be read is a
+    `DamagedCheckpointError`; one of another model, optimizer or data order an `InputError` that says so."""
     parts = _as_dict(target)
+    if data_iterator is not None:
+        _check_input_position(manager, step)
     check_compatible(manager, step, {k: v for k, v in parts.items() if k != "step"})
     items = {STATE: ocp.args.PyTreeRestore(parts, restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
                                            partial_restore=True)}
@@ -180,20 +318,66 @@ def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=Non
         restored = manager.restore(step, args=ocp.args.Composite(**items))
         if data_iterator is not None:
             data_iterator.set_state(holder.get_state())  # grain checks the position fits this iterator
-    except ValueError as e:
-        if data_iterator is None:
-            raise
-        where = f"checkpoint {manager.directory}/{step} holds the input position of"
-        if "process_" in str(e):
-            raise InputError(f"{where} another number of processes than the {jax.process_count()} running now "
-                             f"({e}); resume with the process count it was written with (evaluation works with "
-                             "any)") from e
-        if "does not match" in str(e):  # grain compares the sampler and source with the iterator's
-            raise InputError(f"{where} another order of the training data (another config.data.seed, dataset "
-                             "or split, or a gcn-jax version that sharded the data differently); resume with the "
-                             "config it was written with, or start a new --workdir") from e
+    except GcnError:
         raise
+    except Exception as e:
+        if data_iterator is not None and isinstance(e, ValueError) and "does not match" in str(e):
+            # grain compares the sampler and source with the iterator's
+            raise InputError(f"checkpoint {manager.directory}/{step} holds the input position of another order "
+                             "of the training data (another config.data.seed, dataset or split, or a gcn-jax "
+                             "version that sharded the data differently); resume with the config it was written "
+                             "with, or start a new --workdir") from e
+        raise _damaged(manager, step, e) from e  # a file missing or cut short inside the step's folder
     return TrainState(**restored[STATE]) if isinstance(target, TrainState) else dict(restored[STATE])
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, target, data_iterator=None, *,
+                          move_aside_to: str | None = None):
+    """(restored, step) of the newest step that can be read (`restore`), trying older steps while newer ones
+    are damaged. The damaged ones are logged and, with ``move_aside_to``, moved into that folder (never
+    deleted), so that the run saves those steps afresh. Only a step that an older one could replace is
+    called damaged: when no step can be read, `DamagedCheckpointError` lists them all and nothing is moved
+    (the fault may lie elsewhere). Every process takes the same step."""
+    damaged: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored, problem = restore(manager, step, target, data_iterator), None
+        except DamagedCheckpointError as e:
+            restored, problem = None, e
+        if parallel.all_processes_say(problem is None):
+            break
+        damaged.append((step, problem.reason if problem else "unreadable on another process"))
+    else:
+        lines = [f"no checkpoint in {manager.directory} can be read:"]
+        lines += [f"  step {s}: {reason}" for s, reason in damaged]
+        lines.append("Nothing was moved or deleted. If these checkpoints are damaged, move them out of "
+                     f"{manager.directory} to start afresh, or use another --workdir; --verbose shows the errors.")
+        raise DamagedCheckpointError("\n".join(lines))
+    if damaged:
+        _report_damaged(manager, damaged, step, move_aside_to)
+    return restored, step
+
+
+def _report_damaged(manager: ocp.CheckpointManager, damaged: list[tuple[int, str]], used: int,
+                    move_aside_to: str | None) -> None:
+    if move_aside_to is not None:
+        if jax.process_index() == 0:
+            os.makedirs(move_aside_to, exist_ok=True)
+            for step, _ in damaged:
+                target = os.path.join(move_aside_to, str(step))
+                suffix = 1
+                while os.path.exists(target):  # an earlier damaged copy of the same step is kept too
+                    suffix += 1
+                    target = os.path.join(move_aside_to, f"{step}-{suffix}")
+                os.rename(os.path.join(str(manager.directory), str(step)), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("damaged checkpoints moved")
+        manager.reload()
+    for step, reason in damaged:
+        where = (f"moved to {move_aside_to}" if move_aside_to is not None
+                 else f"left in {manager.directory}")
+        logging.warning("checkpoint step %d cannot be read (%s); %s. Using step %d instead.", step, reason, where,
+                        used)
 
 
 def load_variables(config, workdir: str, which: str | int = "latest", mesh=None):
@@ -205,8 +389,12 @@ def load_variables(config, workdir: str, which: str | int = "latest", mesh=None)
     mesh = parallel.make_mesh() if mesh is None else mesh
     manager = make_manager(workdir, read_only=True)
     try:
-        step = resolve_step(manager, which)
-        variables = restore(manager, step, variable_shapes(config, mesh))
+        if which == "latest":  # a damaged newest step is left where it is; the newest intact one is used
+            resolve_step(manager, which)  # no checkpoints: NotFoundError
+            variables, step = restore_newest_intact(manager, variable_shapes(config, mesh))
+        else:
+            step = resolve_step(manager, which)
+            variables = restore(manager, step, variable_shapes(config, mesh))
     finally:
         manager.close()
     return build_model(config.model), variables, step

@@ -222,7 +222,7 @@ class _Run:
 
     def stop_non_finite(self, what: str):
         """Raise `NonFiniteLossError` naming the last good checkpoint (after any save in flight has finished)."""
-        self.manager.wait_until_finished()
+        checkpoints.check_saving(self.manager)
         good = self.manager.latest_step()
         raise NonFiniteLossError(
             f"non-finite {what}; stopping. The last good checkpoint "
@@ -241,10 +241,18 @@ class _Run:
         self.logger.flush()
         return summary
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()  # an asynchronous save in flight is completed, never left half-written
-        self.manager.close()
-        self.logger.close()
+    def close(self, failed: bool = False) -> None:
+        """Finish a save in flight (never left half-written) and close the outputs. After a failure the error
+        that stopped the run is the one reported: a failing save is only logged then."""
+        try:
+            checkpoints.check_saving(self.manager)
+            self.manager.close()
+        except Exception as e:
+            if not failed:
+                raise
+            logging.error("while stopping: %s", e)
+        finally:
+            self.logger.close()
 
 
 def _prepare_data(config) -> None:
@@ -269,12 +277,13 @@ def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
     train_iter = iter(pipeline.train_loader(config.data, config.crop_size, config.global_batch_size))
     manager = checkpoints.make_manager(workdir, config.checkpoint.keep_latest, config.checkpoint.keep_best)
-    latest = manager.latest_step()
-    if latest is None:
+    if manager.latest_step() is None:
         state = state_lib.create_train_state(config, mesh, tx)
-    else:
-        state = checkpoints.restore(manager, latest, state_lib.train_state_shapes(config, mesh, tx), train_iter)
-        logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir), latest)
+    else:  # a damaged newest step is moved aside and the newest intact one used
+        state, step = checkpoints.restore_newest_intact(
+            manager, state_lib.train_state_shapes(config, mesh, tx), train_iter,
+            move_aside_to=os.path.join(workdir, checkpoints.DAMAGED_DIR))
+        logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir), step)
     run = _Run(config, workdir, mesh, train_iter,
                state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps),
                Evaluator(config, model, mesh), manager, MetricLogger(workdir, enabled=jax.process_index() == 0),
@@ -316,6 +325,7 @@ def _train(config, workdir: str, mesh) -> dict | None:
                     run.stop_non_finite(problem)
                 if is_log:
                     run.log_training(step, step_metrics.period_loss(), records[-1][1], meter)
+                    checkpoints.check_saving(run.manager, block=False)  # a failed save stops the run here
                 if is_save:
                     with meter.paused():  # a stop skips the evaluation; the resumed run evaluates first
                         evaluated = run.save(state, step, evaluate=periods.is_eval(step) and not stopping)
@@ -323,8 +333,10 @@ def _train(config, workdir: str, mesh) -> dict | None:
                 if stopping:
                     stopped_by = stop.received or "a preemption notice"
                     break
-    finally:
-        run.close()
+    except BaseException:
+        run.close(failed=True)
+        raise
+    run.close()
     if stopped_by:
         raise TrainingInterrupted(f"{stopped_by} received: saved step {step} to "
                                   f"{checkpoints.checkpoint_dir(workdir)}; run the same command again to resume")

@@ -1,0 +1,151 @@
+"""What a run does when its files fail it: a damaged checkpoint (a file missing inside a step's folder) is
+detected and the newest intact one used instead, moved aside but never deleted; a save that cannot be written
+(a full disk, a file size limit) stops the run with one message naming the last intact checkpoint, and loses
+no earlier one; SIGKILL at any moment, also during a save, then resuming ends bit-identical to a run that was
+never interrupted."""
+
+import glob
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gcn_jax import errors
+from gcn_jax.data import pipeline
+from gcn_jax.training import checkpoints, optimizer, state as state_lib
+from gcn_jax.training.checkpoints import DamagedCheckpointError, load_variables
+from gcn_jax.training.loop import train_and_evaluate
+from tests.tiny_run import saved_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One file of a step folder each, as a user finds it after a copy or a sync that stopped halfway.
+DAMAGE = {
+    "array data": "state/d/*",  # TensorStore: NOT_FOUND reading the arrays
+    "state metadata": "state/_METADATA",  # orbax: None where the tree's metadata should be
+    "array index": "state/manifest.ocdbt",  # TensorStore: the arrays' index is gone
+}
+
+
+def _copy_with_damage(workdir, tmp_path, step, *patterns):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    for pattern in patterns:
+        (path,) = glob.glob(os.path.join(copy, "checkpoints", str(step), pattern))[:1]
+        os.remove(path)
+    return copy
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_eval_of_latest_skips_a_damaged_newest_checkpoint_and_names_it(run_40, tmp_path, damage, caplog):
+    config, workdir, _ = run_40
+    copy = _copy_with_damage(workdir, tmp_path, 40, DAMAGE[damage])
+    _, variables, step = load_variables(config, copy, "latest")
+    assert step == 20
+    _, saved = saved_params(workdir, 20)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, variables["params"]), saved)
+    assert "checkpoint step 40 cannot be read" in caplog.text and "Using step 20 instead" in caplog.text
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["20", "40"]  # evaluation moves nothing
+    with pytest.raises(DamagedCheckpointError, match=rf"checkpoint {copy}/checkpoints/40 cannot be read: "):
+        load_variables(config, copy, 40)  # a step asked for by number is not replaced by another
+
+
+def test_resume_moves_a_damaged_newest_checkpoint_aside_and_ends_bit_identical(run_40, tmp_path, caplog):
+    config, workdir, _ = run_40
+    copy = _copy_with_damage(workdir, tmp_path, 40, DAMAGE["array data"])
+    damaged_files = sorted(os.listdir(os.path.join(copy, "checkpoints", "40", "state")))
+    train_and_evaluate(config, copy)  # resumes from step 20 and trains 20 -> 40 again
+    assert "checkpoint step 40 cannot be read" in caplog.text
+    assert f"moved to {copy}/damaged_checkpoints" in caplog.text
+    assert sorted(os.listdir(os.path.join(copy, "damaged_checkpoints", "40", "state"))) == damaged_files
+    step, resumed = saved_params(copy)
+    _, uninterrupted = saved_params(workdir, 40)
+    assert step == 40
+    jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+
+
+def _train_iterator(config):
+    return iter(pipeline.train_loader(config.data, config.crop_size, config.global_batch_size))
+
+
+def _train_state_target(config):
+    tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
+    return state_lib.train_state_shapes(config, jax.sharding.Mesh(np.array(jax.devices()), ("data",)), tx)
+
+
+def test_a_missing_input_position_is_damage_and_another_process_count_is_said_so(run_40, tmp_path):
+    config, workdir, _ = run_40
+    copy = _copy_with_damage(workdir, tmp_path, 40, "data/process_0-of-1.json")
+    manager = checkpoints.make_manager(copy, read_only=True)
+    target = _train_state_target(config)
+    with pytest.raises(DamagedCheckpointError, match=r"checkpoints/40 cannot be read: .*/40/data/"
+                                                     r"process_0-of-1.json \(the input position\) is missing"):
+        checkpoints.restore(manager, 40, target, _train_iterator(config))
+    data = os.path.join(copy, "checkpoints", "20", "data")
+    os.rename(os.path.join(data, "process_0-of-1.json"), os.path.join(data, "process_0-of-2.json"))
+    shutil.copy(os.path.join(data, "process_0-of-2.json"), os.path.join(data, "process_1-of-2.json"))
+    with pytest.raises(errors.InputError, match=r"checkpoints/20 holds the input position of 2 processes, not "
+                                                r"of the 1 running now"):
+        checkpoints.restore(manager, 20, target, _train_iterator(config))
+    manager.close()
+
+
+def test_when_no_checkpoint_can_be_read_nothing_is_moved(run_40, tmp_path):
+    config, workdir, _ = run_40
+    copy = _copy_with_damage(workdir, tmp_path, 40, DAMAGE["state metadata"])
+    os.remove(glob.glob(os.path.join(copy, "checkpoints", "20", DAMAGE["array data"]))[0])
+    with pytest.raises(DamagedCheckpointError, match=r"(?s)no checkpoint in .* can be read:\n  step 40: .*\n  "
+                                                     r"step 20: .*Nothing was moved or deleted"):
+        train_and_evaluate(config, copy)
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["20", "40"]
+    assert not os.path.exists(os.path.join(copy, "damaged_checkpoints"))
+
+
+def _train_args(data_dir, workdir, *overrides):
+    return [sys.executable, "train.py", "--config", "configs/synthetic.py", "--config.data.name=synthetic_shapes/tiny",
+            f"--config.data.data_dir={data_dir}", "--config.data.eval_pad_size=48,64", "--config.crop_size=48,48",
+            "--config.model.kernel_size=3", "--config.global_batch_size=4", "--config.eval_batch_size=4",
+            "--config.data.worker_count=0", "--config.log_every_steps=1", "--config.eval_every_steps=0",
+            "--config.optimizer.name=sgd", "--config.optimizer.nesterov=True", "--config.optimizer.learning_rate=0.01",
+            "--config.optimizer.grad_clip_norm=5.0", "--workdir", str(workdir), *overrides]
+
+
+def _limit_file_size(megabytes):
+    def limit():  # in the child: writes past the limit fail with EFBIG instead of killing it with SIGXFSZ
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (megabytes << 20, megabytes << 20))
+    return limit
+
+
+@pytest.mark.slow
+def test_a_save_that_cannot_be_written_stops_the_run_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    keep_one = ["--config.checkpoint.keep_latest=1", "--config.checkpoint.keep_best=0",
+                "--config.checkpoint_every_steps=5"]
+    first = subprocess.run(_train_args(data_dir, workdir, "--config.num_train_steps=5", *keep_one), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, before = saved_params(workdir, 5)
+    # Checkpoint files of ResNet-18 are up to ~10 MB: no file may grow past 2 MB from here on.
+    r = subprocess.run(_train_args(data_dir, workdir, "--config.num_train_steps=30", *keep_one), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(2))
+    assert r.returncode == errors.EXIT_SAVE_FAILED == 74, r.stderr[-3000:]
+    checkpoint_dir = workdir / "checkpoints"
+    assert (f"error: saving a checkpoint to {checkpoint_dir} failed: a file grew past the size limit of this "
+            "process or file system (File too large)") in r.stderr
+    assert (f"The last intact checkpoint is step 5 ({checkpoint_dir / '5'}); no earlier checkpoint was "
+            "removed.") in r.stderr
+    assert "run the same command again to resume from step 5." in r.stderr
+    assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr
+    steps = [line for line in r.stderr.splitlines() if "loss" in line]
+    assert int(steps[-1].split("step ")[1].split("/")[0]) <= 11  # stopped at the next log step, not at the end
+    assert r.stderr.count("\n") - len(steps) < 25, r.stderr
+    assert sorted(p for p in os.listdir(checkpoint_dir) if p.isdigit()) == ["5"]  # keep_latest=1 removed nothing
+    _, after = saved_params(workdir, 5)
+    jax.tree.map(np.testing.assert_array_equal, after, before)
