@@ -5,12 +5,15 @@ no earlier one; SIGKILL at any moment, also during a save, then resuming ends bi
 never interrupted."""
 
 import glob
+import json
 import os
+import random
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -20,8 +23,9 @@ from gcn_jax import errors
 from gcn_jax.data import pipeline
 from gcn_jax.training import checkpoints, optimizer, state as state_lib
 from gcn_jax.training.checkpoints import DamagedCheckpointError, load_variables
+from gcn_jax.training.logger import MetricLogger
 from gcn_jax.training.loop import train_and_evaluate
-from tests.tiny_run import saved_params
+from tests.tiny_run import read_jsonl, saved_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,3 +153,86 @@ def test_a_save_that_cannot_be_written_stops_the_run_and_keeps_the_last_checkpoi
     assert sorted(p for p in os.listdir(checkpoint_dir) if p.isdigit()) == ["5"]  # keep_latest=1 removed nothing
     _, after = saved_params(workdir, 5)
     jax.tree.map(np.testing.assert_array_equal, after, before)
+
+
+# run_40's run in a process of its own (4 CPU devices, as in the tests), saving every 5 steps.
+_RUN_40 = """
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+from gcn_jax.training.loop import train_and_evaluate
+from tests.tiny_run import tiny_config
+config = tiny_config(sys.argv[1], num_train_steps=40, eval_every_steps=20, checkpoint_every_steps=5)
+train_and_evaluate(config, sys.argv[2])
+"""
+
+
+def _logged_step(workdir) -> int:
+    try:
+        return max((r["step"] for r in read_jsonl(workdir) if "train/loss" in r), default=0)
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or a line being written
+        return 0
+
+
+def _saving_step(workdir) -> int:
+    """The step of a save in flight (orbax's unfinished folder), or 0."""
+    try:
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+    except FileNotFoundError:
+        return 0
+    return max((int(n.split(".")[0]) for n in names if ".orbax-checkpoint-tmp" in n), default=0)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_ends_bit_identical(run_40, tmp_path):
+    config, reference, _ = run_40
+    workdir = str(tmp_path / "killed")
+    rng = random.Random(0)
+    killed_saving = 0
+    # Kill points: during a save, at a random moment after a random step, during a later save, and once more
+    # at random after the first evaluation; then the run finishes.
+    for kind, after_step in [("saving", 0), ("random", rng.randint(6, 14)), ("saving", 0),
+                             ("random", rng.randint(21, 34)), ("finish", 0)]:
+        log = open(tmp_path / f"{kind}_{after_step}.log", "w")
+        process = subprocess.Popen([sys.executable, "-c", _RUN_40, config.data.data_dir, workdir], cwd=ROOT,
+                                   stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": ROOT})
+        try:
+            deadline = time.monotonic() + 300
+            while kind != "finish" and process.poll() is None:
+                assert time.monotonic() < deadline, f"no kill point '{kind}' reached"
+                if kind == "saving" and _saving_step(workdir) > killed_saving:
+                    killed_saving = _saving_step(workdir)
+                    break
+                if kind == "random" and _logged_step(workdir) >= after_step:
+                    time.sleep(rng.uniform(0, 1.5))
+                    break
+                time.sleep(0.005)
+            assert process.poll() is None or kind == "finish", f"the run ended before its kill point '{kind}'"
+            if kind != "finish":
+                process.send_signal(signal.SIGKILL)
+            assert process.wait(timeout=300) == (0 if kind == "finish" else -signal.SIGKILL), \
+                open(log.name).read()[-3000:]
+        finally:
+            process.kill()
+            log.close()
+    assert killed_saving >= 10  # two saves were interrupted
+    step, resumed = saved_params(workdir)
+    _, uninterrupted = saved_params(reference, 40)
+    assert step == 40
+    jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+    # The log holds each step once, with the loss of the uninterrupted run.
+    records = [r for r in read_jsonl(workdir) if "train/loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 41))
+    expected = {r["step"]: r["train/loss"] for r in read_jsonl(reference) if "train/loss" in r}
+    assert {r["step"]: r["train/loss"] for r in records} == expected
+
+
+def test_a_resumed_run_drops_the_records_logged_after_its_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 4, "train/loss": 1.0}\n{"step": 5, "eval/miou": 0.5}\n{"step": 6, "train/loss": 0.9}\n'
+                    '{"step": 7, "tra')  # killed in the middle of a line
+    logger = MetricLogger(str(tmp_path), resumed_at=5)
+    logger.write(6, {"loss": 0.8}, prefix="train/")
+    logger.close()
+    assert read_jsonl(tmp_path) == [{"step": 4, "train/loss": 1.0}, {"step": 5, "eval/miou": 0.5},
+                                    {"step": 6, "train/loss": 0.8}]

@@ -1,5 +1,10 @@
 """Metric logging of a run: TensorBoard event files (written with the `tensorboard` package, no TensorFlow)
-and `metrics.jsonl`, one JSON object per record with its `step`. Only process 0 writes."""
+and `metrics.jsonl`, one JSON object per record with its `step`. Only process 0 writes.
+
+A run killed after its last checkpoint has logged steps that the resumed run trains again: on resume the
+records after the checkpoint's step are dropped from `metrics.jsonl` (and a line cut short by the kill), and
+TensorBoard is told of the restart (a `SessionLog.START` at that step, after which it hides the orphaned
+records), so that every step appears once, with the values of the run that carried on."""
 
 from __future__ import annotations
 
@@ -8,16 +13,21 @@ import math
 import os
 import time
 
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricLogger:
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resumed_at: int | None = None):
+        """``resumed_at``: the step of the checkpoint a resumed run starts from."""
         self.enabled = enabled
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._events = EventFileWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        if enabled and resumed_at is not None:
+            _drop_records_after(self.jsonl_path, resumed_at)
+            self._events.add_event(Event(wall_time=time.time(), step=int(resumed_at),
+                                         session_log=SessionLog(status=SessionLog.START)))
 
     def write(self, step: int, scalars: dict, prefix: str = "") -> None:
         """One record: ``scalars`` (name -> number or None) at ``step``; names get ``prefix`` in TensorBoard
@@ -38,6 +48,21 @@ class MetricLogger:
     def close(self) -> None:
         if self.enabled:
             self._events.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Keep the complete records of ``path`` up to ``step``; replaced in one rename, so a kill now loses
+    nothing."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().split("\n")[:-1]  # the last element is "" or a line cut short
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(path + ".tmp", path)
 
 
 def _plain(value):

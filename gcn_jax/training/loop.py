@@ -277,6 +277,7 @@ def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
     train_iter = iter(pipeline.train_loader(config.data, config.crop_size, config.global_batch_size))
     manager = checkpoints.make_manager(workdir, config.checkpoint.keep_latest, config.checkpoint.keep_best)
+    step = 0  # where the run starts: records a killed run logged after it are dropped
     if manager.latest_step() is None:
         state = state_lib.create_train_state(config, mesh, tx)
     else:  # a damaged newest step is moved aside and the newest intact one used
@@ -286,7 +287,8 @@ def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
         logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir), step)
     run = _Run(config, workdir, mesh, train_iter,
                state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps),
-               Evaluator(config, model, mesh), manager, MetricLogger(workdir, enabled=jax.process_index() == 0),
+               Evaluator(config, model, mesh), manager,
+               MetricLogger(workdir, enabled=jax.process_index() == 0, resumed_at=step),
                Periods.from_config(config))
     return run, state
 
