@@ -13,7 +13,7 @@ from PIL import Image
 from configs import default
 from gcn_jax import labels
 from gcn_jax.data import cityscapes, common, synthetic
-from gcn_jax.data.build import build
+from gcn_jax.data.build import build, main
 from gcn_jax.data.datasets import load_source
 from gcn_jax.data.pipeline import eval_loader
 from gcn_jax.errors import InputError
@@ -149,6 +149,60 @@ def test_damaged_voc_and_sbd_files_fail_the_build_naming_the_file(voc_root, tmp_
     with pytest.raises(InputError, match=f"^{re.escape(path)}: {expected}"):
         build(f"voc_sbd/{config}", manual_dir=broken, data_dir=str(tmp_path / "out"))
     assert not tfds.builder(f"voc_sbd/{config}", data_dir=str(tmp_path / "out")).is_prepared()
+
+
+def _changed_raw_copy(root: str, tmp_path, written: dict) -> tuple[str, str, np.ndarray]:
+    """A copy of the raw files in which one VOC validation mask has other (valid) classes: (copy, that image's
+    id, the new mask)."""
+    raw = str(tmp_path / "raw")
+    shutil.copytree(root, raw)
+    image_id = fx.VOC_VAL[0]
+    changed = written["voc_masks"][image_id].copy()
+    changed[changed == 0] = 5
+    labels.palette_image(changed).save(os.path.join(raw, "VOCdevkit", "VOC2012", "SegmentationClass",
+                                                    image_id + ".png"))
+    return raw, image_id, changed
+
+
+def _stored_mask(data_dir: str, image_id: str) -> np.ndarray:
+    validation = tfds.builder("voc_sbd/voc", data_dir=data_dir).as_data_source()["validation"]
+    return _by_id(validation)[image_id]["label"][..., 0]
+
+
+def test_a_second_build_says_that_nothing_was_rebuilt(voc_root, tmp_path, capsys):
+    root, written = voc_root
+    data_dir = str(tmp_path / "out")
+    main(["voc_sbd/voc", "--manual_dir", root, "--data_dir", data_dir])
+    assert "voc_sbd/voc is ready" in capsys.readouterr().out
+    raw, image_id, _ = _changed_raw_copy(root, tmp_path, written)
+    main(["voc_sbd/voc", "--manual_dir", raw, "--data_dir", data_dir])
+    out = capsys.readouterr().out
+    path = os.path.join(data_dir, "voc_sbd", "voc", "1.0.0")
+    assert f"voc_sbd/voc: an existing build in {path} was kept (train: 3, validation: 2); nothing was rebuilt" in out
+    assert "--overwrite" in out and f"delete {path}" in out and "is ready" not in out
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), written["voc_masks"][image_id])
+
+
+def test_overwrite_replaces_a_build_only_once_the_new_one_is_complete(voc_root, tmp_path, capsys):
+    root, written = voc_root
+    data_dir = str(tmp_path / "out")
+    build("voc_sbd/voc", manual_dir=root, data_dir=data_dir)
+    raw, image_id, changed = _changed_raw_copy(root, tmp_path, written)
+    jpeg = os.path.join(raw, "VOCdevkit", "VOC2012", "JPEGImages", fx.VOC_TRAIN[0] + ".jpg")
+    shutil.copy(jpeg, str(tmp_path / "good.jpg"))
+    _damage(jpeg, "truncated")
+    with pytest.raises(SystemExit) as exited:
+        main(["voc_sbd/voc", "--manual_dir", raw, "--data_dir", data_dir, "--overwrite"])
+    assert exited.value.code == 2 and f"error: {jpeg}: cannot decode this file" in capsys.readouterr().err
+    # The failed rebuild left the old build whole and readable, and no temporary folder behind.
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), written["voc_masks"][image_id])
+    assert len(tfds.builder("voc_sbd/voc", data_dir=data_dir).as_data_source()["train"]) == 3
+    assert not [n for n in os.listdir(data_dir) if n.startswith(".rebuild")]
+    shutil.copy(str(tmp_path / "good.jpg"), jpeg)
+    main(["voc_sbd/voc", "--manual_dir", raw, "--data_dir", data_dir, "--overwrite"])
+    assert "voc_sbd/voc is ready" in capsys.readouterr().out
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), changed)
+    assert not [n for n in os.listdir(data_dir) if n.startswith(".rebuild")]
 
 
 def test_build_without_manual_dir_says_what_to_bring(tmp_path):

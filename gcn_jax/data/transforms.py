@@ -109,8 +109,9 @@ class DecodeRecord(grain.transforms.Map):
 
     @property
     def _advice(self) -> str:
-        return (f"The built dataset is damaged, or was built by a version that did not decode its files: build "
-                f"{self.dataset} again from the raw files (python -m gcn_jax.data.build), which checks every file")
+        return (f"The built dataset is damaged, or was built by a version that did not decode its files: build it "
+                f"again from the raw files with python -m gcn_jax.data.build {self.dataset} --overwrite, which "
+                "checks every file")
 
 
 def _decoded(element: dict, label_lut: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
