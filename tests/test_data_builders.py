@@ -1,7 +1,9 @@
 """The tfds builders on fixture files in the real formats: split rules, exact masks, ids, errors."""
 
 import os
+import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -10,10 +12,11 @@ from PIL import Image
 
 from configs import default
 from gcn_jax import labels
-from gcn_jax.data import common, synthetic
-from gcn_jax.data.build import build
+from gcn_jax.data import cityscapes, common, synthetic
+from gcn_jax.data.build import build, main
 from gcn_jax.data.datasets import load_source
 from gcn_jax.data.pipeline import eval_loader
+from gcn_jax.errors import InputError
 from tests import data_fixtures as fx
 
 
@@ -110,6 +113,98 @@ def test_label_value_outside_the_classes_is_an_error(voc_root, tmp_path):
         build("voc_sbd/voc", manual_dir=broken, data_dir=str(tmp_path / "out"))
 
 
+def _damage(path: str, how: str) -> None:
+    """Cuts the file at ``path`` short by a tenth (its header intact, as an interrupted download leaves it),
+    replaces it with bytes of no known format, or empties it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    damaged = {"truncated": data[: len(data) * 9 // 10], "garbage": b"not an image or a MATLAB file " * 20,
+               "empty": b""}
+    with open(path, "wb") as f:
+        f.write(damaged[how])
+
+
+_SBD_ONLY = "2008_000101"  # in SBD train only: voc_sbd/aug reads its image and .mat
+
+
+@pytest.mark.parametrize("config, file, how, expected", [
+    ("voc", f"VOCdevkit/VOC2012/JPEGImages/{fx.VOC_VAL[0]}.jpg", "truncated", "cannot decode this file.*a JPEG image"),
+    ("voc", f"VOCdevkit/VOC2012/JPEGImages/{fx.VOC_TRAIN[1]}.jpg", "empty", "cannot decode this file.*a JPEG image"),
+    ("voc", f"VOCdevkit/VOC2012/SegmentationClass/{fx.VOC_TRAIN[0]}.png", "truncated",
+     "cannot decode this label file.*a PNG of class indices"),
+    ("voc", f"VOCdevkit/VOC2012/SegmentationClass/{fx.VOC_VAL[1]}.png", "garbage",
+     "cannot decode this label file \\(not a PNG file\\)"),
+    ("aug", f"benchmark_RELEASE/dataset/img/{_SBD_ONLY}.jpg", "truncated", "cannot decode this file.*a JPEG image"),
+    ("aug", f"benchmark_RELEASE/dataset/cls/{_SBD_ONLY}.mat", "truncated", "cannot read this MATLAB file.*GTcls"),
+    ("aug", f"benchmark_RELEASE/dataset/cls/{_SBD_ONLY}.mat", "garbage", "cannot read this MATLAB file.*GTcls"),
+])
+def test_damaged_voc_and_sbd_files_fail_the_build_naming_the_file(voc_root, tmp_path, config, file, how, expected):
+    """Every image and label is decoded in full when the dataset is built: a truncated, empty or foreign file is
+    refused then, naming it, and not when training first reads its record."""
+    root, _ = voc_root
+    broken = str(tmp_path / "raw")
+    shutil.copytree(root, broken)
+    path = os.path.join(broken, *file.split("/"))
+    _damage(path, how)
+    with pytest.raises(InputError, match=f"^{re.escape(path)}: {expected}"):
+        build(f"voc_sbd/{config}", manual_dir=broken, data_dir=str(tmp_path / "out"))
+    assert not tfds.builder(f"voc_sbd/{config}", data_dir=str(tmp_path / "out")).is_prepared()
+
+
+def _changed_raw_copy(root: str, tmp_path, written: dict) -> tuple[str, str, np.ndarray]:
+    """A copy of the raw files in which one VOC validation mask has other (valid) classes: (copy, that image's
+    id, the new mask)."""
+    raw = str(tmp_path / "raw")
+    shutil.copytree(root, raw)
+    image_id = fx.VOC_VAL[0]
+    changed = written["voc_masks"][image_id].copy()
+    changed[changed == 0] = 5
+    labels.palette_image(changed).save(os.path.join(raw, "VOCdevkit", "VOC2012", "SegmentationClass",
+                                                    image_id + ".png"))
+    return raw, image_id, changed
+
+
+def _stored_mask(data_dir: str, image_id: str) -> np.ndarray:
+    validation = tfds.builder("voc_sbd/voc", data_dir=data_dir).as_data_source()["validation"]
+    return _by_id(validation)[image_id]["label"][..., 0]
+
+
+def test_a_second_build_says_that_nothing_was_rebuilt(voc_root, tmp_path, capsys):
+    root, written = voc_root
+    data_dir = str(tmp_path / "out")
+    main(["voc_sbd/voc", "--manual_dir", root, "--data_dir", data_dir])
+    assert "voc_sbd/voc is ready" in capsys.readouterr().out
+    raw, image_id, _ = _changed_raw_copy(root, tmp_path, written)
+    main(["voc_sbd/voc", "--manual_dir", raw, "--data_dir", data_dir])
+    out = capsys.readouterr().out
+    path = os.path.join(data_dir, "voc_sbd", "voc", "1.0.0")
+    assert f"voc_sbd/voc: an existing build in {path} was kept (train: 3, validation: 2); nothing was rebuilt" in out
+    assert "--overwrite" in out and f"delete {path}" in out and "is ready" not in out
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), written["voc_masks"][image_id])
+
+
+def test_overwrite_replaces_a_build_only_once_the_new_one_is_complete(voc_root, tmp_path, capsys):
+    root, written = voc_root
+    data_dir = str(tmp_path / "out")
+    build("voc_sbd/voc", manual_dir=root, data_dir=data_dir)
+    raw, image_id, changed = _changed_raw_copy(root, tmp_path, written)
+    jpeg = os.path.join(raw, "VOCdevkit", "VOC2012", "JPEGImages", fx.VOC_TRAIN[0] + ".jpg")
+    shutil.copy(jpeg, str(tmp_path / "good.jpg"))
+    _damage(jpeg, "truncated")
+    with pytest.raises(SystemExit) as exited:
+        main(["voc_sbd/voc", "--manual_dir", raw, "--data_dir", data_dir, "--overwrite"])
+    assert exited.value.code == 2 and f"error: {jpeg}: cannot decode this file" in capsys.readouterr().err
+    # The failed rebuild left the old build whole and readable, and no temporary folder behind.
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), written["voc_masks"][image_id])
+    assert len(tfds.builder("voc_sbd/voc", data_dir=data_dir).as_data_source()["train"]) == 3
+    assert not [n for n in os.listdir(data_dir) if n.startswith(".rebuild")]
+    shutil.copy(str(tmp_path / "good.jpg"), jpeg)
+    main(["voc_sbd/voc", "--manual_dir", raw, "--data_dir", data_dir, "--overwrite"])
+    assert "voc_sbd/voc is ready" in capsys.readouterr().out
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), changed)
+    assert not [n for n in os.listdir(data_dir) if n.startswith(".rebuild")]
+
+
 def test_build_without_manual_dir_says_what_to_bring(tmp_path):
     with pytest.raises(ValueError, match="(?s)pass --manual_dir.*VOCdevkit"):
         build("voc_sbd/aug", data_dir=str(tmp_path))
@@ -157,6 +252,65 @@ def test_cityscapes_pipeline_maps_every_label_id_to_its_train_id(cityscapes_buil
             assert np.all(got[ids == label_id] == expected), f"label id {label_id}"
             checked.add(label_id)
     assert checked == set(range(34))
+
+
+@pytest.mark.parametrize("zip_name", [cityscapes.IMAGES_ZIP, cityscapes.LABELS_ZIP])
+def test_truncated_cityscapes_zip_is_named(tmp_path, zip_name):
+    root = str(tmp_path / "raw")
+    fx.write_cityscapes_zips(root)
+    path = os.path.join(root, zip_name)
+    _damage(path, "truncated")
+    with pytest.raises(InputError, match=f"^{re.escape(path)} is not a readable zip file.*truncated or damaged"):
+        build("cityscapes_fine", manual_dir=root, data_dir=str(tmp_path / "out"))
+
+
+def _replace_member(zip_path: str, member: str, data: bytes) -> None:
+    """Rewrites ``zip_path`` with ``member``'s bytes replaced by ``data``."""
+    with zipfile.ZipFile(zip_path) as z:
+        contents = {name: z.read(name) for name in z.namelist()}
+    contents[member] = data
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for name, content in contents.items():
+            z.writestr(name, content)
+
+
+_CS_ID = fx.CITYSCAPES_SPLITS["val"][1]
+_CS_CITY = _CS_ID.split("_")[0]
+
+
+@pytest.mark.parametrize("zip_name, member, expected", [
+    (cityscapes.IMAGES_ZIP, f"leftImg8bit/val/{_CS_CITY}/{_CS_ID}_leftImg8bit.png",
+     "cannot decode this file.*expected a PNG image"),
+    (cityscapes.LABELS_ZIP, f"gtFine/val/{_CS_CITY}/{_CS_ID}_gtFine_labelIds.png",
+     "cannot decode this label file.*a PNG of class indices"),
+])
+def test_truncated_cityscapes_member_is_named_with_its_zip(tmp_path, zip_name, member, expected):
+    root = str(tmp_path / "raw")
+    fx.write_cityscapes_zips(root)
+    path = os.path.join(root, zip_name)
+    with zipfile.ZipFile(path) as z:
+        data = z.read(member)
+    _replace_member(path, member, data[: len(data) * 9 // 10])
+    with pytest.raises(InputError, match=f"^{re.escape(path)}:{re.escape(member)}: {expected}"):
+        build("cityscapes_fine", manual_dir=root, data_dir=str(tmp_path / "out"))
+
+
+def test_cityscapes_member_with_damaged_bytes_is_named_with_its_zip(tmp_path):
+    """A zip whose table of contents is intact but whose member data is damaged (its CRC does not match)."""
+    root = str(tmp_path / "raw")
+    fx.write_cityscapes_zips(root)
+    path = os.path.join(root, cityscapes.IMAGES_ZIP)
+    member = f"leftImg8bit/train/aachen/{fx.CITYSCAPES_SPLITS['train'][0]}_leftImg8bit.png"
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_STORED  # the fixture stores members as they are
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(InputError, match=f"^{re.escape(path)}:{re.escape(member)}: cannot be read.*CRC"):
+        build("cityscapes_fine", manual_dir=root, data_dir=str(tmp_path / "out"))
 
 
 def test_synthetic_is_deterministic_per_seed_and_differs_across_seeds():

@@ -1,25 +1,35 @@
 """The grain pipeline: batch shapes, augmentation that keeps image and label aligned, multi-process sharding,
 evaluation coverage, and iterator state restore."""
 
+import io
 import itertools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import default
 from gcn_jax import labels
 from gcn_jax.data import datasets, pipeline, synthetic
 from gcn_jax.data.build import build
-from gcn_jax.data.transforms import EvalTransform, TrainTransform, pad_to
+from gcn_jax.data.transforms import DecodeRecord, EvalTransform, TrainTransform, pad_to
+from gcn_jax.errors import InputError
 from gcn_jax.images import denormalize, normalize
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """synthetic_shapes/tiny: 24 train, 10 validation images of 48x64."""
+def tiny_data_dir(tmp_path_factory):
+    """A tfds data_dir holding synthetic_shapes/tiny: 24 train, 10 validation images of 48x64."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    src = build("synthetic_shapes/tiny", data_dir=data_dir).as_data_source()
-    return src["train"], src["validation"]
+    build("synthetic_shapes/tiny", data_dir=data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data_dir):
+    """synthetic_shapes/tiny's train and validation sources, decoded."""
+    return (datasets.load_source("synthetic_shapes/tiny", "train", tiny_data_dir),
+            datasets.load_source("synthetic_shapes/tiny", "validation", tiny_data_dir))
 
 
 def _data_config(**overrides):
@@ -201,6 +211,57 @@ def test_bad_settings_are_clear_errors(tiny, tmp_path):
                "image_id": b"validation_000003", "index": 3}
     with pytest.raises(ValueError, match="validation_000003.*48x64.*larger than the evaluation pad size 40x80"):
         EvalTransform((40, 80)).map(element)
+
+
+def test_a_record_that_cannot_be_decoded_is_named_by_dataset_split_and_image_id(tiny_data_dir):
+    """A damaged record in a built dataset (here: its image bytes cut short) stops the loader with an InputError
+    that names the dataset, split and image id, not an error about None inside a later transform."""
+    raw = datasets.load_source("synthetic_shapes/tiny", "validation", tiny_data_dir, decode=False)
+    records = [raw[i] for i in range(len(raw))]
+    assert isinstance(records[3]["image"], bytes)
+    records[3]["image"] = records[3]["image"][:60]
+    image_id = records[3]["image_id"].decode()
+    loader, _ = pipeline.eval_loader(_data_config(eval_pad_size=(48, 64)), 5, source=records, process_index=0,
+                                     process_count=1)
+    with pytest.raises(InputError) as raised:
+        list(loader)
+    assert str(raised.value).startswith(f"dataset synthetic_shapes/tiny, split validation, record 3 (image id "
+                                        f"'{image_id}'): the stored image (60 bytes) cannot be decoded")
+
+
+@pytest.mark.parametrize("label, expected", [
+    (b"\x89PNG\r\n\x1a\n garbage", r"the stored label \(16 bytes\) cannot be decoded; expected a single-channel"),
+    (Image.fromarray(np.zeros((5, 7), np.uint8)), r"the image is 3x4 but the label is 5x7"),
+])
+def test_decode_record_names_a_bad_label(label, expected):
+    def png(image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    label = label if isinstance(label, bytes) else png(label)
+    record = {"image": png(Image.fromarray(np.zeros((3, 4, 3), np.uint8))), "label": label,
+              "image_id": b"2008_000101", "index": 17}
+    with pytest.raises(InputError, match=r"^dataset voc_sbd/aug, split train, record 17 \(image id '2008_000101'\): "
+                                         + expected):
+        DecodeRecord("voc_sbd/aug", "train").map(record)
+
+
+def test_loaders_read_undecoded_records_as_decoded_ones(tiny, tiny_data_dir):
+    """The loaders read the split undecoded (source=None) and give the batches and the iterator state of a decoded
+    source, so iterator positions saved while the pipeline read decoded records still restore."""
+    train, val = tiny
+    data = _data_config(data_dir=tiny_data_dir, eval_pad_size=(48, 64))
+    own, _ = pipeline.eval_loader(data, 10, process_index=0, process_count=1)
+    given, _ = pipeline.eval_loader(data, 10, source=val, process_index=0, process_count=1)
+    for a, b in zip(own, given, strict=True):
+        for key in ("image", "label", "mask", "index"):
+            np.testing.assert_array_equal(a[key], b[key])
+    own_it = iter(pipeline.train_loader(data, (40, 56), 4, process_index=0, process_count=1))
+    given_it = iter(_train(train))
+    for _ in range(2):
+        np.testing.assert_array_equal(next(own_it)["image"], next(given_it)["image"])
+    assert own_it.get_state() == given_it.get_state()
 
 
 def test_colorize_draws_classes_and_ignore():

@@ -5,16 +5,20 @@
     python -m gcn_jax.data.build synthetic_shapes/default
 
 tfds's own `tfds build --imports gcn_jax.data.datasets voc_sbd/aug --manual_dir ...` does the same where
-TensorFlow is installed; its command line imports TensorFlow at start-up (tfds 4.9), this one does not. An
-existing, complete build is left as it is; tfds writes a new one to a temporary folder and renames it only when done,
-so a failed build leaves nothing half-written behind.
+TensorFlow is installed; its command line imports TensorFlow at start-up (tfds 4.9), this one does not. tfds writes
+a new build to a temporary folder and renames it only when done, so a failed build leaves nothing half-written
+behind. An existing, complete build is kept as it is (the command says so): raw files changed since are not read.
+``--overwrite`` rebuilds it; the new build is made beside the old one, which it replaces only once complete (tfds's
+own overwrite deletes the old build first, so a failed rebuild would leave none).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 import tensorflow_datasets as tfds
 
@@ -22,8 +26,17 @@ from gcn_jax.data.datasets import dataset_spec  # also registers the builders
 from gcn_jax.errors import GcnError, InputError, NotFoundError, report
 
 
-def build(name: str, manual_dir: str | None = None, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Prepares dataset ``name`` ('builder/config') and returns its builder."""
+def existing_build(name: str, data_dir: str | None = None) -> str | None:
+    """The folder of a complete build of dataset ``name`` in ``data_dir``, or None where there is none."""
+    dataset_spec(name)  # an unknown name is an InputError, not tfds's error
+    builder = tfds.builder(name, data_dir=data_dir)
+    return os.fspath(builder.data_path) if builder.is_prepared() else None
+
+
+def build(name: str, manual_dir: str | None = None, data_dir: str | None = None,
+          overwrite: bool = False) -> tfds.core.DatasetBuilder:
+    """Prepares dataset ``name`` ('builder/config') and returns its builder. A complete build already there is
+    kept as it is, unless ``overwrite``: then it is rebuilt and replaced only once the new build is complete."""
     spec = dataset_spec(name)
     builder = tfds.builder(name, data_dir=data_dir)
     if not spec.generated:
@@ -33,8 +46,31 @@ def build(name: str, manual_dir: str | None = None, data_dir: str | None = None)
         if not os.path.isdir(manual_dir):
             raise NotFoundError(f"--manual_dir {manual_dir} is not a directory")
     config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(manual_dir) if manual_dir else None)
+    if overwrite and builder.is_prepared():
+        _rebuild_beside(name, builder, config)
+        return tfds.builder(name, data_dir=data_dir)
     builder.download_and_prepare(download_config=config)
     return builder
+
+
+def _rebuild_beside(name: str, builder: tfds.core.DatasetBuilder, config) -> None:
+    """Builds ``name`` again in a temporary data_dir inside ``builder``'s (the same file system) and swaps it in
+    for ``builder``'s complete build with two renames, only once it is complete: a failed rebuild leaves the old
+    build as it was. The temporary folder, holding the old build after the swap, is then deleted."""
+    final = os.fspath(builder.data_path)
+    staging = tempfile.mkdtemp(prefix=".rebuild-", dir=os.fspath(builder.data_dir_root))
+    try:
+        fresh = tfds.builder(name, data_dir=staging)
+        fresh.download_and_prepare(download_config=config)
+        previous = os.path.join(staging, "previous")
+        os.rename(final, previous)
+        try:
+            os.rename(os.fspath(fresh.data_path), final)
+        except OSError:
+            os.rename(previous, final)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,14 +78,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", help="voc_sbd/voc, voc_sbd/aug, cityscapes_fine, synthetic_shapes/default, ...")
     parser.add_argument("--manual_dir", help="folder with the raw files (not needed for synthetic_shapes)")
     parser.add_argument("--data_dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild a complete build from the raw files as they are now; the old build is "
+                             "replaced only once the new one is complete")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks, also for errors in the raw files")
     args = parser.parse_args(argv)
     try:
-        builder = build(args.name, args.manual_dir, args.data_dir)
+        kept = None if args.overwrite else existing_build(args.name, args.data_dir)
+        builder = build(args.name, args.manual_dir, args.data_dir, overwrite=args.overwrite)
     except GcnError as e:  # a missing or unreadable raw file: the message names it
         sys.exit(report(e, args.verbose))
     sizes = ", ".join(f"{s}: {info.num_examples}" for s, info in sorted(builder.info.splits.items()))
-    print(f"{args.name} is ready in {builder.data_path} ({sizes})")
+    if kept:
+        print(f"{args.name}: an existing build in {kept} was kept ({sizes}); nothing was rebuilt, and raw files "
+              f"changed since it was built were not read. To rebuild from them, run this again with --overwrite "
+              f"(the kept build is replaced only once the new one is complete), or delete {kept} first.")
+    else:
+        print(f"{args.name} is ready in {builder.data_path} ({sizes})")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -72,7 +73,7 @@ class CityscapesFine(common.ArrayRecordBuilder):
         root = os.fspath(dl_manager.manual_dir)
         zips = [os.path.join(root, IMAGES_ZIP), os.path.join(root, LABELS_ZIP)]
         common.require_files(zips, "Cityscapes zip files", root, hint=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-        with zipfile.ZipFile(zips[0]) as zi, zipfile.ZipFile(zips[1]) as zl:
+        with _open_zip(zips[0]) as zi, _open_zip(zips[1]) as zl:
             images = _image_members(zi.namelist())
             labels = set(zl.namelist())
         if not any(images.values()):
@@ -92,18 +93,32 @@ class CityscapesFine(common.ArrayRecordBuilder):
         return splits
 
     def _generate_examples(self, images_zip, labels_zip, items):
-        with zipfile.ZipFile(images_zip) as zi, zipfile.ZipFile(labels_zip) as zl:
+        with _open_zip(images_zip) as zi, _open_zip(labels_zip) as zl:
             for image_id, image_member, label_member in items:
                 name = f"{labels_zip}:{label_member}"
-                mask = common.read_index_png(zl.read(label_member), name)
-                image = zi.read(image_member)
-                if mask.shape != _png_size(image):
-                    raise InputError(f"{name}: label is {mask.shape} but the image is {_png_size(image)} (h, w)")
+                mask = common.read_index_png(_read_member(zl, labels_zip, label_member), name)
+                image_name = f"{images_zip}:{image_member}"
+                image = _read_member(zi, images_zip, image_member)
+                size = common.image_size(image, image_name, "a PNG image")
+                if mask.shape != size:
+                    raise InputError(f"{name}: label is {mask.shape} but {image_name} is {size} (height, width)")
                 yield image_id, {"image": image, "label": common.mask_image(mask), "image_id": image_id}
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from a PNG's IHDR chunk, without decoding the image."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG file")
-    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """``path`` opened as a zip file; an InputError naming it if it is not one (e.g. a truncated download, whose
+    table of contents, at the end, is missing)."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise InputError(f"{path} is not a readable zip file ({e}); is it a truncated or damaged download? "
+                         f"Download it again from https://www.cityscapes-dataset.com/downloads/") from e
+
+
+def _read_member(archive: zipfile.ZipFile, path: str, member: str) -> bytes:
+    """The bytes of ``member``; an InputError naming the zip file and member if they are damaged."""
+    try:
+        return archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise InputError(f"{path}:{member}: cannot be read from the zip file ({e}); the zip is damaged: download "
+                         "it again from https://www.cityscapes-dataset.com/downloads/") from e

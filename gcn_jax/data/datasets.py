@@ -37,9 +37,13 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[base]
 
 
-def load_source(name: str, split: str, data_dir: str | None = None):
+def load_source(name: str, split: str, data_dir: str | None = None, *, decode: bool = True):
     """The random-access tfds source of one split. The synthetic set is generated on first use; any other
-    dataset that is not built yet is an error that says how to build it."""
+    dataset that is not built yet is an error that says how to build it.
+
+    ``decode=False`` leaves each record's image and label as their stored bytes: the input pipeline decodes them
+    itself (`transforms.DecodeRecord`), so a record that cannot be decoded is reported with its dataset, split
+    and image id rather than failing inside tfds."""
     spec = dataset_spec(name)
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
@@ -53,4 +57,15 @@ def load_source(name: str, split: str, data_dir: str | None = None):
     splits = builder.info.splits
     if split not in splits:
         raise InputError(f"dataset {name} has no split {split!r}; it has {sorted(splits)}")
-    return builder.as_data_source(split=split)
+    decoders = None if decode else {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
+    return builder.as_data_source(split=split, decoders=decoders)
+
+
+def source_repr(source) -> str:
+    """``repr(source)`` as grain's iterator state records it (a restored state must match it). A tfds source read
+    with ``decode=False`` holds the same records in the same order as a decoded one, so it is named like one
+    (decoders=None): iterator positions saved while the pipeline read decoded sources still restore."""
+    info, decoders = getattr(source, "dataset_info", None), getattr(source, "decoders", None)
+    if info is None or not decoders or not all(isinstance(d, tfds.decode.SkipDecoding) for d in decoders.values()):
+        return repr(source)
+    return f"{type(source).__name__}(name={info.name}, split={source.split!r}, decoders=None)"

@@ -8,6 +8,9 @@ come from grain's per-record generator, so 0 and 1 worker processes give the sam
 grain hands each worker whole batches in turn and the batches depend on `worker_count`. The iterator is
 grain's checkpointable one: `it.get_state()` / `it.set_state(state)`.
 
+Records are read with their image and label undecoded and decoded by the first transform, `DecodeRecord`, which
+names the dataset, split and image id of a record it cannot decode.
+
 Evaluation: each process reads a contiguous block of the split, padded with empty examples (mask all false)
 to the same number of batches on every process, so every example is seen exactly once and no process waits.
 """
@@ -21,8 +24,8 @@ import grain
 import numpy as np
 from absl import flags
 
-from gcn_jax.data.datasets import dataset_spec, load_source
-from gcn_jax.data.transforms import EvalTransform, TrainTransform
+from gcn_jax.data.datasets import dataset_spec, load_source, source_repr
+from gcn_jax.data.transforms import DecodeRecord, EvalTransform, TrainTransform
 from gcn_jax.images import size_pair
 from gcn_jax.labels import IGNORE_LABEL
 
@@ -40,7 +43,7 @@ class _Records:
         return self.length
 
     def __repr__(self) -> str:  # grain checks a restored iterator state against repr(data_source)
-        return f"_Records({self.source!r}, records={len(self.indices)}, length={self.length})"
+        return f"_Records({source_repr(self.source)}, records={len(self.indices)}, length={self.length})"
 
     def __getitem__(self, i: int) -> dict:
         if i < len(self.indices):
@@ -81,13 +84,13 @@ def train_loader(data_config, crop_size, global_batch_size: int, *, source=None,
     _grain_flags_parsed()
     process_index, process_count = _process(process_index, process_count)
     batch = local_batch_size(global_batch_size, process_count)
-    source = load_source(d.name, d.train_split, d.data_dir) if source is None else source
+    source = load_source(d.name, d.train_split, d.data_dir, decode=False) if source is None else source
     sampler = grain.samplers.IndexSampler(num_records=len(source), shuffle=True, seed=d.seed, num_epochs=None)
     transform = TrainTransform(size_pair(crop_size, "crop_size"), d.augment, d.scale_range, d.photometric,
                                dataset_spec(d.name).label_lut)
     return grain.DataLoader(
         data_source=_Records(source), sampler=sampler,
-        operations=[transform, grain.transforms.Batch(batch, drop_remainder=True)],
+        operations=[DecodeRecord(d.name, d.train_split), transform, grain.transforms.Batch(batch, drop_remainder=True)],
         shard_options=grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False),
         worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
         read_options=grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=max(2 * batch, 8)),
@@ -113,13 +116,14 @@ def eval_loader(data_config, global_batch_size: int, *, source=None, process_ind
     _grain_flags_parsed()
     process_index, process_count = _process(process_index, process_count)
     batch = local_batch_size(global_batch_size, process_count)
-    source = load_source(d.name, d.eval_split, d.data_dir) if source is None else source
+    source = load_source(d.name, d.eval_split, d.data_dir, decode=False) if source is None else source
     indices, num_batches = eval_shard(len(source), global_batch_size, process_index, process_count)
     records = _Records(source, indices, length=num_batches * batch)
     loader = grain.DataLoader(
         data_source=records,
         sampler=grain.samplers.IndexSampler(num_records=len(records), shuffle=False, num_epochs=1),
-        operations=[EvalTransform(size_pair(d.eval_pad_size, "eval_pad_size"), dataset_spec(d.name).label_lut),
+        operations=[DecodeRecord(d.name, d.eval_split),
+                    EvalTransform(size_pair(d.eval_pad_size, "eval_pad_size"), dataset_spec(d.name).label_lut),
                     grain.transforms.Batch(batch)],
         shard_options=grain.sharding.NoSharding(),
         worker_count=d.worker_count,

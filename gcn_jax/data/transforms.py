@@ -8,6 +8,8 @@ Mode ``paper`` is the paper's recipe: no scaling and no jitter, only padding to 
 crop where an image is larger, as for Cityscapes' 800x800 crops) and the flip.
 
 Evaluation (`EvalTransform`): no augmentation, full resolution, padded to one fixed shape with a validity mask.
+
+Both come after `DecodeRecord`, which decodes the stored image and label bytes of a record.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import cv2
 import grain
 import numpy as np
 
+from gcn_jax.data import common
 from gcn_jax.errors import InputError
 from gcn_jax.images import normalize
 from gcn_jax.labels import IGNORE_LABEL
@@ -67,6 +70,48 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
         gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
         image = gray[..., None] + (image - gray[..., None]) * rng.uniform(0.5, 1.5)
     return np.clip(image, 0, 255)
+
+
+class DecodeRecord(grain.transforms.Map):
+    """A record read with its image and label as stored bytes (`datasets.load_source(..., decode=False)`) -> the
+    same record with 'image' uint8 RGB (height, width, 3) and 'label' uint8 (height, width, 1).
+
+    A record that cannot be decoded, or whose image and label differ in size, is an InputError naming the dataset,
+    split and image id, not an error deep inside a later transform. Fields already decoded (a source read
+    decoded, the pipeline's padding records) pass as they are.
+    """
+
+    def __init__(self, dataset: str, split: str):
+        self.dataset, self.split = dataset, split
+
+    def map(self, element: dict) -> dict:
+        image, label = element["image"], element["label"]
+        if isinstance(image, bytes):
+            image = self._check(common.decode_image(image), element, "image", "a JPEG or PNG image", len(image))
+        if isinstance(label, bytes):
+            label = self._check(common.decode_mask(label), element, "label",
+                                "a single-channel 8-bit PNG of class indices", len(label))
+        if image.shape[:2] != label.shape[:2]:
+            raise InputError(f"{self._record(element)}: the image is {image.shape[0]}x{image.shape[1]} but the label "
+                             f"is {label.shape[0]}x{label.shape[1]} (height x width). {self._advice}")
+        return {**element, "image": image, "label": label}
+
+    def _check(self, decoded: np.ndarray | None, element: dict, what: str, expected: str, size: int) -> np.ndarray:
+        if decoded is None:
+            raise InputError(f"{self._record(element)}: the stored {what} ({size} bytes) cannot be decoded; "
+                             f"expected {expected}. {self._advice}")
+        return decoded
+
+    def _record(self, element: dict) -> str:
+        image_id = element["image_id"]
+        image_id = image_id.decode(errors="replace") if isinstance(image_id, bytes) else str(image_id)
+        return f"dataset {self.dataset}, split {self.split}, record {element['index']} (image id {image_id!r})"
+
+    @property
+    def _advice(self) -> str:
+        return (f"The built dataset is damaged, or was built by a version that did not decode its files: build it "
+                f"again from the raw files with python -m gcn_jax.data.build {self.dataset} --overwrite, which "
+                "checks every file")
 
 
 def _decoded(element: dict, label_lut: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,6 @@ import os
 import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from gcn_jax.data import common
 from gcn_jax.errors import InputError
@@ -38,11 +37,21 @@ class VocSbdConfig(tfds.core.BuilderConfig):
         self.use_sbd = use_sbd
 
 
+def _load_mat(path: str) -> dict:
+    """The variables of a MATLAB file; an InputError naming ``path`` if it cannot be parsed."""
+    try:
+        return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as e:  # a damaged file fails scipy's parser in many ways: MatReadError, OSError, IndexError, ...
+        raise InputError(f"{path}: cannot read this MATLAB file ({type(e).__name__}: {e}); expected SBD's class "
+                         "segmentation (a struct GTcls). It may be truncated or damaged: replace it from "
+                         "benchmark.tgz and build again") from e
+
+
 def read_sbd_mat(path: str) -> np.ndarray:
     """SBD's class segmentation (`GTcls.Segmentation`) as a (height, width) uint8 array."""
+    variables = _load_mat(path)
     try:
-        gt = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"]
-        seg = np.asarray(gt.Segmentation)
+        seg = np.asarray(variables["GTcls"].Segmentation)
     except (KeyError, AttributeError) as e:
         raise InputError(f"{path}: expected a MATLAB struct GTcls with a field Segmentation ({e!r})") from e
     if seg.ndim != 2:
@@ -107,10 +116,11 @@ class VocSbd(common.ArrayRecordBuilder):
             else:
                 mask = common.read_index_png(label_path, label_path)
             common.check_values(mask, _LABELS, label_path)
-            with Image.open(image_path) as img:
-                width, height = img.size
+            with open(image_path, "rb") as f:
+                image = f.read()
+            height, width = common.image_size(image, image_path, "a JPEG image")
             if mask.shape != (height, width):
                 raise InputError(f"{label_path}: label is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                                  f"{width}x{height} (width x height)")
             # The JPEG bytes are stored as they are; the mask as a single-channel PNG of its indices.
-            yield image_id, {"image": image_path, "label": common.mask_image(mask), "image_id": image_id}
+            yield image_id, {"image": image, "label": common.mask_image(mask), "image_id": image_id}
