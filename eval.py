@@ -1,5 +1,7 @@
 """Evaluate a training run's checkpoint on the validation split: mIoU, per-class IoU, pixel accuracy and the
-paper's boundary / interior accuracy (Table 5). Prints a table and writes <workdir>/eval_<step>.json.
+paper's boundary / interior accuracy (Table 5). Prints a table and writes <workdir>/eval_<step>.json, or, with
+other options than a plain single-scale evaluation of the validation split, <workdir>/eval_<step>_<tag>.json
+(`evaluate.results_name`); the file records the options.
 
     python eval.py --config configs/synthetic.py --workdir runs/demo
     python eval.py --config configs/voc.py --workdir runs/voc --checkpoint=best \\
@@ -16,7 +18,8 @@ from absl import flags
 from gcn_jax import cli
 
 cli.define_flags("Config file the run was trained with.", checkpoint=True, distributed=True)
-flags.DEFINE_string("output", None, "JSON file for the results (default: <workdir>/eval_<step>.json).")
+flags.DEFINE_string("output", None, "JSON file for the results (default: <workdir>/eval_<step>.json, "
+                    "eval_<step>_<tag>.json with other evaluation options).")
 FLAGS = flags.FLAGS
 
 
@@ -31,19 +34,20 @@ def main(argv):
     mesh = parallel.make_mesh()
     config = cli.checked_config(mesh, "eval")
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
-    output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{step}.json")
+    options = evaluate.evaluation_options(config)
+    output = FLAGS.output or os.path.join(FLAGS.workdir, evaluate.results_name(step, options))
     cli.check_writable(output)
     start = time.perf_counter()
     summary = evaluate.Evaluator(config, model, mesh)(variables)
     seconds = time.perf_counter() - start
     if jax.process_index() == 0:
-        options = evaluate.inference_options(config.eval)
         print(f"checkpoint step {step} of {FLAGS.workdir}; {config.data.name} {config.data.eval_split}; "
               f"scales {options['scales']}, flip {options['flip']}, window {options['window']}; {seconds:.1f}s")
         print(metrics.format_table(summary))
         with open(output, "w") as f:
             json.dump({"step": step, "dataset": config.data.name, "split": config.data.eval_split,
-                       "inference": options, **summary}, f, indent=2)
+                       "inference": evaluate.inference_options(config.eval), "options": options, **summary}, f,
+                      indent=2)
         print(f"wrote {output}")
 
 

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
+from gcn_jax import cli
 from gcn_jax.images import size_pair
 from gcn_jax.models import ResNetClassifier, build_model, summary
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+cli.define_config_flag("Config file (configs/*.py).")
 flags.DEFINE_string("image_size", None, "Input 'H,W' (default: the config's crop_size, or 224 with --imagenet).")
 flags.register_validator(
     "image_size",
@@ -55,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

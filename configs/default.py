@@ -1,5 +1,7 @@
 """Shared defaults. Variant configs import this and override a few fields; every field can also be set on the
-command line as --config.model.kernel_size=11 (a key that does not exist is an error).
+command line as --config.model.kernel_size=11 (a key that does not exist is an error). An optional field is a
+typed placeholder (`config_dict.placeholder(float)`: unset, None, means off); it takes a value of its type
+or `None` on the command line, e.g. --config.optimizer.grad_clip_norm=None.
 
 The model section follows the paper's final VOC model (Figure 2, ResNet-152, GCN k=15, BR on); where the
 paper is silent, the choice is marked.

@@ -11,11 +11,12 @@ import tempfile
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 from gcn_jax import errors, parallel
 
 FLAGS = flags.FLAGS
+NONE = "None"  # `--config.KEY=None` unsets an optional config field
 CHECKPOINT_CHOICES = "'latest', 'best' (highest validation mIoU) or a step number"
 
 
@@ -26,10 +27,17 @@ def parse_checkpoint(text: str) -> str | int | None:
     return int(text) if text.isdigit() else None
 
 
+def define_config_flag(config_help: str) -> None:
+    """--config, a locked config file whose fields are overridden as --config.KEY=VALUE, and where an optional
+    field (a typed placeholder, None: off) also takes `--config.KEY=None`. Parse with `parse_flags`."""
+    _accept_none_for_optional_fields()
+    config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+
+
 def define_flags(config_help: str, *, checkpoint: bool = False, distributed: bool = False) -> None:
     """--config and --workdir (required); --checkpoint for the commands that read one; --distributed for the
     commands that run on several hosts."""
-    config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    define_config_flag(config_help)
     flags.DEFINE_string("workdir", None, "Training run directory (checkpoints/, metrics.jsonl, tensorboard/).")
     if checkpoint:
         flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {CHECKPOINT_CHOICES}.")
@@ -45,12 +53,14 @@ def define_flags(config_help: str, *, checkpoint: bool = False, distributed: boo
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config override (a misspelt key, a value of the wrong type, a
-    config file that does not exist) reported as one message and exit code 2 instead of a chain of
-    tracebacks. An error raised by the code of a config file itself keeps its traceback."""
+    config file that does not exist, None for a field that needs a value) reported as one message and exit
+    code 2 instead of a chain of tracebacks. An error raised by the code of a config file itself keeps its
+    traceback."""
     try:
         args = FLAGS(argv)
         if "config" in FLAGS:
             FLAGS.config.keys()  # ml_collections reports a config file that did not load on first use
+            _check_none_overrides(FLAGS["config"].override_values, FLAGS.config)
         return args
     except (flags.Error, AttributeError, KeyError, OSError) as e:
         if any(arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for arg in argv):
@@ -68,6 +78,51 @@ def _flag_error_message(error: Exception) -> str:
     if isinstance(error, KeyError) and error.args:
         return f"unknown config key {error.args[0]}"
     return str(error.args[0]) if isinstance(error, AttributeError) and error.args else str(error)
+
+
+class _NoneOr(flags.ArgumentParser):
+    """A config field's command-line parser that also reads `NONE` as None. ml_collections parses an override
+    by the field's type alone, so without this a float field (even an optional one that a config file set)
+    could never be unset; `_check_none_overrides` refuses None for the fields that need a value."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        self._parser = parser
+
+    def parse(self, argument):
+        return None if argument == NONE else self._parser.parse(argument)
+
+    def flag_type(self) -> str:
+        return self._parser.flag_type()
+
+
+def _accept_none_for_optional_fields() -> None:
+    """Let `--config.KEY=None` through the parsers of the scalar types that optional fields have."""
+    for field_type, parser in ((float, flags.FloatParser()), (int, flags.IntegerParser()),
+                               (str, flags.ArgumentParser())):
+        config_flags.register_flag_parser_for_type(field_type, _NoneOr(parser))
+
+
+def optional_fields(config, prefix: str = "") -> list[str]:
+    """The dotted keys of ``config`` that may be None ("off"): its typed placeholders
+    (`config_dict.placeholder(float)` and the like), which keep their type when unset."""
+    keys = []
+    for key, value in config.items(preserve_field_references=True):
+        if isinstance(value, config_dict.ConfigDict):
+            keys += optional_fields(value, f"{prefix}{key}.")
+        elif isinstance(value, config_dict.FieldReference):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _check_none_overrides(overrides: dict, config) -> None:
+    """Refuse `--config.KEY=None` where KEY needs a value (a field that is not an optional placeholder):
+    ml_collections would store the None in any field, and the code that reads it would fail later."""
+    allowed = optional_fields(config)
+    for key, value in overrides.items():
+        if value is None and key not in allowed:
+            raise flags.IllegalFlagValueError(
+                f"config.{key} cannot be None: it needs a value; only optional fields can be unset "
+                f"({', '.join(allowed)})")
 
 
 def run(main) -> None:

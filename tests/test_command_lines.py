@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from configs import cityscapes, synthetic
 from gcn_jax.data.datasets import load_source
+from gcn_jax.evaluation.evaluate import evaluation_options, results_name
 from gcn_jax.training.checkpoints import load_variables
 from tests.tiny_run import read_jsonl
 
@@ -67,3 +69,43 @@ def test_eval_and_predict_command_lines(run_40, tmp_path):
                              str(tmp_path / "missing.jpg")], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0 and "missing.jpg: no such file or folder" in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluations_with_other_options_write_their_own_file(run_40):
+    config, workdir, _ = run_40
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    written = {}
+    for options in ([], ["--config.eval.flip=True", "--config.eval.scales=0.75,1.0"]):
+        result = subprocess.run([sys.executable, "eval.py", *_cli_overrides(config), "--workdir", workdir,
+                                 "--checkpoint=40", *options], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        path = result.stdout.split("wrote ")[-1].strip()
+        with open(path) as f:
+            written[path] = json.load(f)
+    default, other = written
+    assert default == os.path.join(workdir, "eval_40.json")  # the single-scale name users know
+    assert os.path.dirname(other) == workdir and os.path.basename(other).startswith("eval_40_")
+    assert written[default]["options"]["scales"] == [1.0] and written[default]["options"]["flip"] is False
+    assert written[other]["options"]["scales"] == [0.75, 1.0] and written[other]["options"]["flip"] is True
+    assert sorted(p for p in os.listdir(workdir) if p.startswith("eval_40")) == sorted(map(os.path.basename,
+                                                                                             written))
+
+
+def test_the_results_name_depends_on_the_evaluation_options_alone():
+    def name(**eval_overrides):
+        config = synthetic.get_config()
+        for key, value in eval_overrides.items():
+            config.eval[key] = value
+        return results_name(7, evaluation_options(config))
+
+    assert name() == name(scales=(1,)) == "eval_7.json"
+    assert name(flip=True, scales=(0.5, 1)) == name(scales=(0.5, 1.0), flip=True) != name(scales=(0.5, 1.0))
+    assert name(flip=True, scales=(0.5, 1)).startswith("eval_7_scales+flip_")
+    # A window's default stride is half the window: the same options, the same name.
+    assert name(window_size=(48, 48)) == name(window_size=(48, 48), window_stride=(24, 24)) != name(
+        window_size=(48, 48), window_stride=(16, 16))
+    # Stable across runs and versions, as the README quotes them.
+    assert results_name(3000, evaluation_options(cityscapes.get_config())) == "eval_3000_window+stride_6e8ea464.json"
+    assert name(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True) == "eval_7_scales+flip_63b6c651.json"

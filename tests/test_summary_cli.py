@@ -61,3 +61,10 @@ def test_a_height_width_crop_size_is_the_default_input(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "forward at 1x64x96x3:" in r.stdout
+
+
+def test_an_optional_config_field_takes_none_as_in_the_other_command_lines():
+    r = run("--config.model.backbone=resnet18", "--config.model.head=stack", "--config.model.kernel_size=3",
+            "--config.model.stack_width=None", "--image_size=64,64", "--noforward")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "total" in r.stdout

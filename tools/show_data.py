@@ -9,14 +9,14 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gcn_jax import cli  # noqa: E402
 from gcn_jax.data import pipeline  # noqa: E402
 from gcn_jax.data.visualize import example_grid  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+cli.define_config_flag("Config file (configs/*.py).")
 flags.DEFINE_enum("split", "train", ["train", "validation"],
                   "train: augmented training crops; validation: full-resolution evaluation inputs (padded).")
 flags.DEFINE_integer("num", 8, "How many examples.", lower_bound=1)
@@ -44,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -3,6 +3,9 @@ confusion-matrix metrics of `metrics`, summed over the whole split. Used by trai
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +27,38 @@ def inference_options(eval_config) -> dict:
                "stride": stride}
     inference.check_options(options["scales"], window, stride)
     return options
+
+
+# The options of a plain evaluation (configs/default.py): the validation split, one scale, no flip, the whole
+# image at once, Table 5's 7 px boundary band, float32. Its results keep the plain name eval_<step>.json.
+DEFAULT_EVALUATION = {"split": "validation", "scales": [1.0], "flip": False, "window": None, "stride": None,
+                      "boundary_width": 7, "dtype": "float32"}
+
+
+def evaluation_options(config) -> dict:
+    """What, besides the checkpoint and the dataset, decides the numbers of an evaluation: the split, the
+    inference options (`inference_options`), the boundary band and the compute dtype; as JSON values (lists,
+    floats for the scales) so that equal options compare and hash equal however they were written."""
+    inference = inference_options(config.eval)
+    return {"split": config.data.eval_split, "scales": [float(s) for s in inference["scales"]],
+            "flip": inference["flip"], "window": _int_list(inference["window"]),
+            "stride": _int_list(inference["stride"]), "boundary_width": int(config.eval.boundary_width),
+            "dtype": str(config.model.dtype)}
+
+
+def _int_list(pair) -> list[int] | None:
+    return None if pair is None else [int(v) for v in pair]
+
+
+def results_name(step: int, options: dict) -> str:
+    """The file name of an evaluation's results: eval_<step>.json with the default options
+    (`DEFAULT_EVALUATION`), else eval_<step>_<the options that differ>_<hash of their values>.json, so that an
+    evaluation with other options never replaces another's file, and one with the same options does."""
+    differ = {key: value for key, value in options.items() if value != DEFAULT_EVALUATION.get(key)}
+    if not differ:
+        return f"eval_{step}.json"
+    digest = hashlib.sha256(json.dumps(differ, sort_keys=True).encode()).hexdigest()[:8]
+    return f"eval_{step}_{'+'.join(differ)}_{digest}.json"
 
 
 def make_eval_step(model, mesh, num_classes: int, eval_config):
