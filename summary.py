@@ -10,9 +10,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from gcn_jax import cli
+from gcn_jax.errors import InputError
 from gcn_jax.images import size_pair
 from gcn_jax.models import ResNetClassifier, build_model, summary
 
@@ -32,12 +33,15 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     config = FLAGS.config
-    if FLAGS.imagenet:
-        model = ResNetClassifier(config.model.backbone)
-        default = (224, 224)
-    else:
-        model = build_model(config.model)
-        default = size_pair(config.crop_size, "crop_size")
+    try:  # the model's own checks of the config (kernel size, backbone, head)
+        if FLAGS.imagenet:
+            model = ResNetClassifier(config.model.backbone)
+            default = (224, 224)
+        else:
+            model = build_model(config.model)
+            default = size_pair(config.crop_size, "crop_size")
+    except ValueError as e:
+        raise InputError(f"invalid config: {e}") from e
     h, w = (int(v) for v in FLAGS.image_size.split(",")) if FLAGS.image_size else default
     shape = (1, h, w, 3)
     print(f"model: {model.__class__.__name__}({config.model.backbone}) on {jax.devices()[0].platform}")
@@ -55,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

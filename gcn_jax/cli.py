@@ -32,6 +32,8 @@ def define_config_flag(config_help: str) -> None:
     field (a typed placeholder, None: off) also takes `--config.KEY=None`. Parse with `parse_flags`."""
     _accept_none_for_optional_fields()
     config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    flags.DEFINE_bool("verbose", False, "Show the full traceback of every error, also of those that explain "
+                      "themselves (bad input, a config value, a missing file).")
 
 
 def define_flags(config_help: str, *, checkpoint: bool = False, distributed: bool = False) -> None:
@@ -46,8 +48,6 @@ def define_flags(config_help: str, *, checkpoint: bool = False, distributed: boo
     if distributed:
         flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when the environment "
                           "names a cluster, e.g. JAX_COORDINATOR_ADDRESS, Slurm, Open MPI or a Cloud TPU pod).")
-    flags.DEFINE_bool("verbose", False, "Show the full traceback of every error, also of those that explain "
-                      "themselves (bad input, a config value, a missing file).")
     flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -4,6 +4,7 @@ sizes."""
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -33,3 +34,8 @@ def size_pair(value, name: str = "size") -> tuple[int, int]:
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+# What PIL raises for a file it cannot decode: not an image, cut short, garbled, or too large to open safely
+# (UnidentifiedImageError is an OSError).
+PIL_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)

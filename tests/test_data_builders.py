@@ -205,6 +205,25 @@ def test_overwrite_replaces_a_build_only_once_the_new_one_is_complete(voc_root, 
     assert not [n for n in os.listdir(data_dir) if n.startswith(".rebuild")]
 
 
+def test_a_rebuild_killed_between_its_renames_loses_no_build(voc_root, tmp_path, capsys):
+    root, written = voc_root
+    data_dir = str(tmp_path / "out")
+    build("voc_sbd/voc", manual_dir=root, data_dir=data_dir)
+    final = os.path.join(data_dir, "voc_sbd", "voc", "1.0.0")
+    staging = os.path.join(data_dir, ".rebuild-killed")  # as --overwrite leaves it, killed after its first rename
+    os.makedirs(staging)
+    with open(os.path.join(staging, "target"), "w") as f:
+        f.write(final)
+    os.rename(final, os.path.join(staging, "previous"))
+    main(["voc_sbd/voc", "--manual_dir", root, "--data_dir", data_dir])
+    out = capsys.readouterr().out
+    assert f"put back the build {final}, which an interrupted --overwrite had left in {staging}/previous" in out
+    assert "an existing build in" in out and "was kept" in out  # not built again
+    image_id = fx.VOC_VAL[0]
+    np.testing.assert_array_equal(_stored_mask(data_dir, image_id), written["voc_masks"][image_id])
+    assert not os.path.exists(staging)
+
+
 def test_build_without_manual_dir_says_what_to_bring(tmp_path):
     with pytest.raises(ValueError, match="(?s)pass --manual_dir.*VOCdevkit"):
         build("voc_sbd/aug", data_dir=str(tmp_path))

@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gcn_jax import errors
 from gcn_jax.data import pipeline
@@ -29,11 +30,14 @@ from tests.tiny_run import read_jsonl, saved_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One file of a step folder each, as a user finds it after a copy or a sync that stopped halfway.
+# One file of a step folder each, missing or cut to half its size, as a user finds it after a copy or a sync
+# that stopped halfway.
 DAMAGE = {
     "array data": "state/d/*",  # TensorStore: NOT_FOUND reading the arrays
     "state metadata": "state/_METADATA",  # orbax: None where the tree's metadata should be
     "array index": "state/manifest.ocdbt",  # TensorStore: the arrays' index is gone
+    "array data cut short": "state/d/*:half",  # TensorStore: OUT_OF_RANGE
+    "metadata cut short": "state/_METADATA:half",  # JSONDecodeError
 }
 
 
@@ -41,8 +45,12 @@ def _copy_with_damage(workdir, tmp_path, step, *patterns):
     copy = str(tmp_path / "copy")
     shutil.copytree(workdir, copy)
     for pattern in patterns:
-        (path,) = glob.glob(os.path.join(copy, "checkpoints", str(step), pattern))[:1]
-        os.remove(path)
+        pattern, _, how = pattern.partition(":")
+        path = sorted(glob.glob(os.path.join(copy, "checkpoints", str(step), pattern)))[0]
+        if how == "half":
+            os.truncate(path, os.path.getsize(path) // 2)
+        else:
+            os.remove(path)
     return copy
 
 
@@ -72,6 +80,29 @@ def test_resume_moves_a_damaged_newest_checkpoint_aside_and_ends_bit_identical(r
     _, uninterrupted = saved_params(workdir, 40)
     assert step == 40
     jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+
+
+def test_an_error_that_is_not_damage_moves_nothing(run_40, tmp_path, monkeypatch):
+    config, workdir, _ = run_40
+    copy = _copy_with_damage(workdir, tmp_path, 40)  # nothing damaged
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("RESOURCE_EXHAUSTED: could not allocate")
+
+    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "restore", out_of_memory)
+    with pytest.raises(MemoryError):
+        train_and_evaluate(config, copy)
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["20", "40"]
+    assert not os.path.exists(os.path.join(copy, "damaged_checkpoints"))
+
+
+def test_an_unreadable_miou_file_is_named(run_40, tmp_path):
+    config, workdir, _ = run_40
+    copy = _copy_with_damage(workdir, tmp_path, 20, "metrics/metrics:half")
+    with pytest.raises(DamagedCheckpointError, match=r"the validation mIoU of a checkpoint in .* cannot be read:\n"
+                                                     r"  .*/checkpoints/20/metrics/metrics: JSONDecodeError"):
+        load_variables(config, copy, "latest")
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["20", "40"]
 
 
 def _train_iterator(config):
@@ -148,7 +179,7 @@ def test_a_save_that_cannot_be_written_stops_the_run_and_keeps_the_last_checkpoi
     assert "run the same command again to resume from step 5." in r.stderr
     assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr
     steps = [line for line in r.stderr.splitlines() if "loss" in line]
-    assert int(steps[-1].split("step ")[1].split("/")[0]) <= 11  # stopped at the next log step, not at the end
+    assert int(steps[-1].split("step ")[1].split("/")[0]) < 15  # stopped before the next save, not at the end
     assert r.stderr.count("\n") - len(steps) < 25, r.stderr
     assert sorted(p for p in os.listdir(checkpoint_dir) if p.isdigit()) == ["5"]  # keep_latest=1 removed nothing
     _, after = saved_params(workdir, 5)
@@ -227,12 +258,23 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(run_40, tmp_pa
     assert {r["step"]: r["train/loss"] for r in records} == expected
 
 
-def test_a_resumed_run_drops_the_records_logged_after_its_checkpoint(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 4, "train/loss": 1.0}\n{"step": 5, "eval/miou": 0.5}\n{"step": 6, "train/loss": 0.9}\n'
-                    '{"step": 7, "tra')  # killed in the middle of a line
-    logger = MetricLogger(str(tmp_path), resumed_at=5)
-    logger.write(6, {"loss": 0.8}, prefix="train/")
-    logger.close()
+@pytest.mark.parametrize("tail", ['{"step": 6, "train/loss": 0.9}\n{"step": 7, "tra', '{"step": 6, "tra'])
+def test_a_resumed_run_drops_the_records_logged_after_its_checkpoint(tmp_path, tail):
+    first = MetricLogger(str(tmp_path))
+    first.write(4, {"loss": 1.0}, prefix="train/")
+    first.write(5, {"miou": 0.5}, prefix="eval/")
+    first.write(6, {"loss": 0.9}, prefix="train/")
+    first.write(7, {"loss": 0.7}, prefix="train/")
+    first.close()
+    path = tmp_path / "metrics.jsonl"  # as a kill in the middle of a line leaves it
+    path.write_text('{"step": 4, "train/loss": 1.0}\n{"step": 5, "eval/miou": 0.5}\n' + tail)
+    time.sleep(1.1)  # TensorBoard orders event files by the second in their names
+    resumed = MetricLogger(str(tmp_path), resumed_at=5)
+    resumed.write(6, {"loss": 0.8}, prefix="train/")
+    resumed.close()
     assert read_jsonl(tmp_path) == [{"step": 4, "train/loss": 1.0}, {"step": 5, "eval/miou": 0.5},
                                     {"step": 6, "train/loss": 0.8}]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(4, 1.0), (6, pytest.approx(0.8))]
+    assert [(e.step, e.value) for e in events.Scalars("eval/miou")] == [(5, 0.5)]

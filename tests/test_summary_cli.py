@@ -34,8 +34,10 @@ def test_prints_params_flops_and_runs_a_forward_pass():
 
 def test_bad_config_values_fail_before_any_compute():
     r = run("--config.model.kernel_size=14", "--noforward")
-    assert r.returncode != 0
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # an error raised on purpose: its message alone
     assert "kernel_size for res2 must be a positive odd integer" in r.stderr
+    r = run("--config.model.kernel_size=14", "--noforward", "--verbose")
+    assert r.returncode == 2 and "Traceback (most recent call last)" in r.stderr
     r = run("--config.model.kernal_size=7")
     assert r.returncode != 0 and "kernal_size" in r.stderr
     r = run("--image_size=64x64")

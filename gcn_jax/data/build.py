@@ -15,6 +15,7 @@ own overwrite deletes the old build first, so a failed rebuild would leave none)
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import sys
@@ -25,10 +26,13 @@ import tensorflow_datasets as tfds
 from gcn_jax.data.datasets import dataset_spec  # also registers the builders
 from gcn_jax.errors import GcnError, InputError, NotFoundError, report
 
+REBUILD_PREFIX = ".rebuild-"  # the temporary folders of --overwrite, inside the data_dir
+
 
 def existing_build(name: str, data_dir: str | None = None) -> str | None:
     """The folder of a complete build of dataset ``name`` in ``data_dir``, or None where there is none."""
     dataset_spec(name)  # an unknown name is an InputError, not tfds's error
+    _put_back_interrupted_swaps(os.fspath(tfds.builder(name, data_dir=data_dir).data_dir_root))
     builder = tfds.builder(name, data_dir=data_dir)
     return os.fspath(builder.data_path) if builder.is_prepared() else None
 
@@ -46,6 +50,8 @@ def build(name: str, manual_dir: str | None = None, data_dir: str | None = None,
         if not os.path.isdir(manual_dir):
             raise NotFoundError(f"--manual_dir {manual_dir} is not a directory")
     config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(manual_dir) if manual_dir else None)
+    _put_back_interrupted_swaps(os.fspath(builder.data_dir_root))
+    builder = tfds.builder(name, data_dir=data_dir)  # sees a build put back
     if overwrite and builder.is_prepared():
         _rebuild_beside(name, builder, config)
         return tfds.builder(name, data_dir=data_dir)
@@ -58,11 +64,13 @@ def _rebuild_beside(name: str, builder: tfds.core.DatasetBuilder, config) -> Non
     for ``builder``'s complete build with two renames, only once it is complete: a failed rebuild leaves the old
     build as it was. The temporary folder, holding the old build after the swap, is then deleted."""
     final = os.fspath(builder.data_path)
-    staging = tempfile.mkdtemp(prefix=".rebuild-", dir=os.fspath(builder.data_dir_root))
+    staging = tempfile.mkdtemp(prefix=REBUILD_PREFIX, dir=os.fspath(builder.data_dir_root))
     try:
         fresh = tfds.builder(name, data_dir=staging)
         fresh.download_and_prepare(download_config=config)
         previous = os.path.join(staging, "previous")
+        with open(os.path.join(staging, "target"), "w") as f:  # where `previous` belongs, should we be killed
+            f.write(final)
         os.rename(final, previous)
         try:
             os.rename(os.fspath(fresh.data_path), final)
@@ -71,6 +79,21 @@ def _rebuild_beside(name: str, builder: tfds.core.DatasetBuilder, config) -> Non
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _put_back_interrupted_swaps(data_dir_root: str) -> None:
+    """A rebuild killed between its two renames leaves the old build in ``.rebuild-*/previous`` and none in
+    its place: put it back (and say so), so that no build is ever lost."""
+    for staging in sorted(glob.glob(os.path.join(data_dir_root, REBUILD_PREFIX + "*"))):
+        previous, target = os.path.join(staging, "previous"), os.path.join(staging, "target")
+        if not (os.path.isdir(previous) and os.path.isfile(target)):
+            continue
+        with open(target) as f:
+            final = f.read()
+        if not os.path.exists(final):
+            os.rename(previous, final)
+            print(f"put back the build {final}, which an interrupted --overwrite had left in {previous}")
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from gcn_jax.errors import InputError, NotFoundError
+from gcn_jax.images import PIL_DECODE_ERRORS
 
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
@@ -52,11 +53,6 @@ def mask_image(indices: np.ndarray) -> Image.Image:
     if indices.ndim != 2 or indices.dtype != np.uint8:
         raise ValueError(f"a label mask must be a 2-D uint8 array, got {indices.dtype} {indices.shape}")
     return Image.fromarray(indices, mode="L")
-
-
-# What PIL raises on a file it cannot decode: truncated or damaged data (OSError, SyntaxError, EOFError,
-# ValueError) or an image so large it refuses to decode it.
-_PIL_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
 
 
 def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
@@ -113,7 +109,7 @@ def read_index_png(data: bytes | str | os.PathLike, name: str) -> np.ndarray:
             img.load()
             mode = img.mode
             indices = np.array(img, dtype=np.uint8) if mode in ("P", "L") else None
-    except _PIL_DECODE_ERRORS as e:
+    except PIL_DECODE_ERRORS as e:
         reason = "not a PNG file" if isinstance(e, Image.UnidentifiedImageError) else str(e)
         raise InputError(f"{name}: cannot decode this label file ({reason}); expected a PNG of class indices. It "
                          "may be truncated or damaged: replace it from the original archive and build again") from e

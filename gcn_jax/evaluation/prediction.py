@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.evaluation import evaluate, inference
-from gcn_jax.images import normalize
+from gcn_jax.images import PIL_DECODE_ERRORS, normalize
 from gcn_jax.labels import colorize, palette_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -52,7 +52,7 @@ def read_image(path: str) -> np.ndarray:
                 return np.repeat(np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))
     # PIL reports some damaged files as SyntaxError, bad EXIF data as ValueError, a huge image as a bomb.
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except PIL_DECODE_ERRORS as e:
         raise InputError(f"{path}: not a readable image ({e})") from e
 
 

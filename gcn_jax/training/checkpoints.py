@@ -15,7 +15,7 @@ an older step has been read in its place (`restore_newest_intact`).
 from __future__ import annotations
 
 import dataclasses
-import errno
+import json
 import os
 import re
 import shutil
@@ -28,7 +28,15 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from gcn_jax import parallel
-from gcn_jax.errors import EXIT_SAVE_FAILED, GcnError, InputError, NotFoundError
+from gcn_jax.errors import (
+    GcnError,
+    InputError,
+    NotFoundError,
+    WriteFailedError,
+    error_chain,
+    first_line,
+    write_failure_cause,
+)
 from gcn_jax.models import build_model
 from gcn_jax.training.state import TrainState, variable_shapes
 
@@ -48,10 +56,8 @@ class DamagedCheckpointError(InputError):
         self.step, self.reason = step, reason
 
 
-class CheckpointSaveError(GcnError):
+class CheckpointSaveError(WriteFailedError):
     """A checkpoint could not be written; the message names the cause and the last intact checkpoint."""
-
-    exit_code = EXIT_SAVE_FAILED
 
 
 class _IteratorState:
@@ -113,7 +119,33 @@ def make_manager(workdir: str, keep_latest: int = 2, keep_best: int = 2, read_on
                                            cleanup_tmp_directories=not read_only,
                                            save_interval_steps=0 if read_only else 1,
                                            enable_async_checkpointing=not read_only)
-    return ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
+    try:
+        return ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
+    except json.JSONDecodeError as e:  # orbax reads every step's mIoU file on start
+        problem = _unreadable_metrics(directory)
+        if problem is None:
+            raise
+        raise problem from e
+
+
+def _unreadable_metrics(directory: str) -> DamagedCheckpointError | None:
+    """An error naming the steps whose mIoU file (``<step>/metrics/metrics``) cannot be parsed, or None."""
+    bad = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name, "metrics", "metrics")
+        try:
+            with open(path) as f:
+                json.load(f)
+        except FileNotFoundError:
+            continue
+        except ValueError as e:
+            bad.append(f"  {path}: {first_line(e)}")
+    if not bad:
+        return None
+    return DamagedCheckpointError(
+        f"the validation mIoU of a checkpoint in {directory} cannot be read:\n" + "\n".join(bad) + "\nMove "
+        "that step's folder out of checkpoints/ (e.g. into damaged_checkpoints/), or delete the one file (the "
+        "step then has no mIoU for --checkpoint=best and the best-N rule); nothing was changed.")
 
 
 def _as_dict(state) -> dict:
@@ -138,49 +170,17 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_iterator, miou:
 
 def check_saving(manager: ocp.CheckpointManager, block: bool = True) -> None:
     """Raise `CheckpointSaveError` if an asynchronous save failed; ``block``: wait for the one in flight
-    first, else look only if it has ended (so that a run stops at the next log step, not the next save)."""
-    if not block and manager.is_saving_in_progress():
+    first, else look only if it has ended (so that a run stops at the next log step, not the next save).
+    Every process looks at the same moment and stops if the save failed on any of them."""
+    if not block and not parallel.all_processes_say(not manager.is_saving_in_progress()):
         return
+    error = None
     try:
         manager.wait_until_finished()  # re-raises the error of the background save, once
     except Exception as e:
-        raise save_failed(manager, e) from e
-
-
-# (errno, its text in OSError / TensorStore messages, what it means for the user)
-_WRITE_FAILURES = (
-    (errno.ENOSPC, "No space left on device", "the disk is full"),
-    (errno.EDQUOT, "Disk quota exceeded", "the disk quota is used up"),
-    (errno.EFBIG, "File too large", "a file grew past the size limit of this process or file system"),
-    (errno.EROFS, "Read-only file system", "the file system is read-only"),
-    (errno.EACCES, "Permission denied", "permission to write was denied"),
-    (errno.EIO, "Input/output error", "the storage reported an input/output error"),
-)
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    chain = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
-
-
-def write_failure_cause(error: BaseException) -> str:
-    """What made a write fail, for a person: 'the disk is full (No space left on device)', or the error's
-    first line. TensorStore reports the OS error only in its message (os_error_code='28')."""
-    chain = _chain(error)
-    text = " ".join(str(e) for e in chain)
-    for number, words, meaning in _WRITE_FAILURES:
-        if (any(getattr(e, "errno", None) == number for e in chain) or words in text
-                or f"os_error_code='{number}'" in text):
-            return f"{meaning} ({words})"
-    return _first_line(error)
+        error = e
+    if not parallel.all_processes_say(error is None):
+        raise save_failed(manager, error or RuntimeError("the save failed on another process")) from error
 
 
 def _megabytes(n: int) -> str:
@@ -189,13 +189,19 @@ def _megabytes(n: int) -> str:
 
 def save_failed(manager: ocp.CheckpointManager, error: BaseException) -> CheckpointSaveError:
     """The error that stops a run whose checkpoint could not be written: the cause, the space left, the last
-    intact step (read from disk: a failed save never renamed its folder) and what to do."""
+    intact step (read from disk: a failed save never renamed its folder) and what to do. What cannot be
+    looked up on a failing disk is left out rather than hiding the cause."""
     directory = str(manager.directory)
-    manager.reload()
-    intact = manager.latest_step()
-    unfinished = sorted(n for n in os.listdir(directory) if ".orbax-checkpoint-tmp" in n)
-    lines = [f"saving a checkpoint to {directory} failed: {write_failure_cause(error)}; "
-             f"{_megabytes(shutil.disk_usage(directory).free)} free there."]
+    lines = [f"saving a checkpoint to {directory} failed: {write_failure_cause(error)}"]
+    try:
+        lines[0] += f"; {_megabytes(shutil.disk_usage(directory).free)} free there."
+        manager.reload()
+        intact = manager.latest_step()
+        unfinished = sorted(n for n in os.listdir(directory) if ".orbax-checkpoint-tmp" in n)
+    except Exception as e:  # noqa: BLE001 - the save's cause matters more
+        logging.warning("while describing the failed save: %s", first_line(e))
+        return CheckpointSaveError(lines[0] + ".\nRun the same command again to resume from the last intact "
+                                   "checkpoint once the cause is fixed.")
     if intact is None:
         lines.append("No checkpoint of this run was saved before.")
     else:
@@ -244,16 +250,29 @@ def _grouped_by_module(names, where: str) -> list[str]:
     return lines
 
 
+# How TensorStore (inside orbax) reports a file that is missing, cut short or garbled.
+_DAMAGE_CODES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+
+
+def _is_damage(error: BaseException) -> bool:
+    """Whether ``error`` says that a file of the checkpoint is missing, cut short or garbled (rather than,
+    say, memory running out, which must not get a good checkpoint moved aside)."""
+    return any(isinstance(e, (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError))
+               or any(f"{code}: " in str(e) for code in _DAMAGE_CODES) for e in error_chain(error))
+
+
 def _damaged(manager: ocp.CheckpointManager, step: int, cause: BaseException | str) -> DamagedCheckpointError:
-    reason = cause if isinstance(cause, str) else _first_line(cause)
+    reason = cause if isinstance(cause, str) else first_line(cause)
     return DamagedCheckpointError(f"checkpoint {manager.directory}/{step} cannot be read: {reason}", step, reason)
 
 
 def _saved_state_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
     try:
         saved = manager.item_metadata(step)[STATE]
-    except Exception as e:  # a missing or unreadable metadata file
-        raise _damaged(manager, step, e) from e
+    except Exception as e:
+        if _is_damage(e):  # a missing or unreadable metadata file
+            raise _damaged(manager, step, e) from e
+        raise
     saved = saved.tree if hasattr(saved, "tree") else saved
     if not saved:
         raise _damaged(manager, step, f"its {STATE}/_METADATA file is missing or empty")
@@ -300,15 +319,23 @@ def _check_input_position(manager: ocp.CheckpointManager, step: int) -> None:
         raise _damaged(manager, step, f"{os.path.join(folder, own)} (the input position) is missing")
 
 
-def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=None):
+def check_step(manager: ocp.CheckpointManager, step: int, target, data_iterator=None) -> None:
+    """What `restore` can tell before reading the arrays: this process's input position is there and fits
+    the process count, the metadata is readable and the arrays fit ``target``."""
+    if data_iterator is not None:
+        _check_input_position(manager, step)
+    check_compatible(manager, step, {k: v for k, v in _as_dict(target).items() if k != "step"})
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=None, *, checked: bool = False):
     """Restore the parts of the train state that ``target`` names (a `TrainState`, or a dict such as
     {'params', 'batch_stats'}) onto ``target``'s shardings, whatever device count wrote them; and, if given,
     the iterator position. Returns the same structure as ``target``. A step that cannot be read is a
-    `DamagedCheckpointError`; one of another model, optimizer or data order an `InputError` that says so."""
+    `DamagedCheckpointError`; one of another model, optimizer or data order an `InputError` that says so.
+    ``checked``: `check_step` was already called."""
     parts = _as_dict(target)
-    if data_iterator is not None:
-        _check_input_position(manager, step)
-    check_compatible(manager, step, {k: v for k, v in parts.items() if k != "step"})
+    if not checked:
+        check_step(manager, step, target, data_iterator)
     items = {STATE: ocp.args.PyTreeRestore(parts, restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
                                            partial_restore=True)}
     holder = _IteratorState()
@@ -327,7 +354,9 @@ def restore(manager: ocp.CheckpointManager, step: int, target, data_iterator=Non
                              "of the training data (another config.data.seed, dataset or split, or a gcn-jax "
                              "version that sharded the data differently); resume with the config it was written "
                              "with, or start a new --workdir") from e
-        raise _damaged(manager, step, e) from e  # a file missing or cut short inside the step's folder
+        if _is_damage(e):  # a file missing, cut short or garbled inside the step's folder
+            raise _damaged(manager, step, e) from e
+        raise
     return TrainState(**restored[STATE]) if isinstance(target, TrainState) else dict(restored[STATE])
 
 
@@ -340,12 +369,18 @@ def restore_newest_intact(manager: ocp.CheckpointManager, target, data_iterator=
     (the fault may lie elsewhere). Every process takes the same step."""
     damaged: list[tuple[int, str]] = []
     for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            restored, problem = restore(manager, step, target, data_iterator), None
-        except DamagedCheckpointError as e:
-            restored, problem = None, e
+        # The checks first, agreed by all processes: orbax's restore ends in a barrier that a process which
+        # gave up before it would leave the others waiting at. (A read that fails inside orbax on some
+        # processes only can still do that; on a file system that all hosts share, all see the same files.)
+        problem = _damage_in(check_step, manager, step, target, data_iterator)
         if parallel.all_processes_say(problem is None):
-            break
+            restored, problem = None, None
+            try:
+                restored = restore(manager, step, target, data_iterator, checked=True)
+            except DamagedCheckpointError as e:
+                problem = e
+            if parallel.all_processes_say(problem is None):
+                break
         damaged.append((step, problem.reason if problem else "unreadable on another process"))
     else:
         lines = [f"no checkpoint in {manager.directory} can be read:"]
@@ -356,6 +391,14 @@ def restore_newest_intact(manager: ocp.CheckpointManager, target, data_iterator=
     if damaged:
         _report_damaged(manager, damaged, step, move_aside_to)
     return restored, step
+
+
+def _damage_in(function, *args) -> DamagedCheckpointError | None:
+    try:
+        function(*args)
+    except DamagedCheckpointError as e:
+        return e
+    return None
 
 
 def _report_damaged(manager: ocp.CheckpointManager, damaged: list[tuple[int, str]], used: int,

@@ -3,7 +3,7 @@ and `metrics.jsonl`, one JSON object per record with its `step`. Only process 0 
 
 A run killed after its last checkpoint has logged steps that the resumed run trains again: on resume the
 records after the checkpoint's step are dropped from `metrics.jsonl` (and a line cut short by the kill), and
-TensorBoard is told of the restart (a `SessionLog.START` at that step, after which it hides the orphaned
+TensorBoard is told of the restart (a `SessionLog.START` at the next step, which makes it hide the orphaned
 records), so that every step appears once, with the values of the run that carried on."""
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import math
 import os
 import time
 
+from absl import logging
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from gcn_jax.errors import WriteFailedError, write_failure_cause
 
 
 class MetricLogger:
@@ -26,7 +29,8 @@ class MetricLogger:
         self._events = EventFileWriter(os.path.join(workdir, "tensorboard")) if enabled else None
         if enabled and resumed_at is not None:
             _drop_records_after(self.jsonl_path, resumed_at)
-            self._events.add_event(Event(wall_time=time.time(), step=int(resumed_at),
+            # TensorBoard hides the records of steps >= a START's step that came before it.
+            self._events.add_event(Event(wall_time=time.time(), step=int(resumed_at) + 1,
                                          session_log=SessionLog(status=SessionLog.START)))
 
     def write(self, step: int, scalars: dict, prefix: str = "") -> None:
@@ -35,8 +39,12 @@ class MetricLogger:
         if not self.enabled:
             return
         record = {"step": int(step), **{f"{prefix}{k}": _plain(v) for k, v in scalars.items()}}
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.jsonl_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise WriteFailedError(f"cannot write {self.jsonl_path}: {write_failure_cause(e)}. Fix the cause and "
+                                   "run the same command again to resume from the last checkpoint.") from e
         values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in record.items()
                   if k != "step" and isinstance(v, (int, float))]
         self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
@@ -56,13 +64,23 @@ def _drop_records_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = f.read().split("\n")[:-1]  # the last element is "" or a line cut short
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) == len(lines):
+        text = f.read()
+    lines = text.split("\n")[:-1]  # the last element is "" or a line cut short
+    kept = [line for line in lines if _step_of(line, path) <= step]
+    if len(kept) == len(lines) and text.endswith("\n"):
         return
     with open(path + ".tmp", "w") as f:
         f.write("".join(line + "\n" for line in kept))
     os.replace(path + ".tmp", path)
+
+
+def _step_of(line: str, path: str) -> float:
+    """The step of a record; a line that is not one (damaged) counts as after every step, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        logging.warning("dropping a damaged line of %s: %r", path, line[:200])
+        return math.inf
 
 
 def _plain(value):

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import load_source
-from gcn_jax.errors import EXIT_INTERRUPTED, EXIT_NON_FINITE, GcnError
+from gcn_jax.errors import EXIT_INTERRUPTED, EXIT_NON_FINITE, GcnError, first_line
 from gcn_jax.evaluation import metrics
 from gcn_jax.evaluation.evaluate import Evaluator
 from gcn_jax.models import build_model
@@ -245,12 +245,15 @@ class _Run:
         """Finish a save in flight (never left half-written) and close the outputs. After a failure the error
         that stopped the run is the one reported: a failing save is only logged then."""
         try:
-            checkpoints.check_saving(self.manager)
-            self.manager.close()
+            if failed:  # no waiting on the other processes, which may have stopped elsewhere
+                self.manager.close()
+            else:
+                checkpoints.check_saving(self.manager)
+                self.manager.close()
         except Exception as e:
             if not failed:
                 raise
-            logging.error("while stopping: %s", e)
+            logging.error("while stopping: %s", first_line(e))
         finally:
             self.logger.close()
 
