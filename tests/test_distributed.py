@@ -24,12 +24,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
-    workdir = str(tmp_path / "two")
+def _train_on_two_processes(data_dir, workdir, *steps):
     port = str(_free_port())
     env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
     workers = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py"), port, str(i),
-                                 data_dir, workdir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 data_dir, workdir, *steps], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
         outputs = [w.communicate(timeout=400)[0] for w in workers]
@@ -39,6 +38,12 @@ def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
     for i, (w, out) in enumerate(zip(workers, outputs)):
         assert w.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
         assert f"process {i} of 2 done" in out
+    return outputs
+
+
+def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
+    workdir = str(tmp_path / "two")
+    _train_on_two_processes(data_dir, workdir)
     # One process, 2 devices, fed the two processes' shards side by side (process 0's rows first).
     config = tiny_config(data_dir, num_train_steps=3, global_batch_size=2, eval_batch_size=2)
     source = load_source(config.data.name, "train", data_dir)
@@ -69,3 +74,14 @@ def test_distributed_starts_only_for_multi_process_launches(monkeypatch):
     monkeypatch.setenv("JAX_PROCESS_ID", "first")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='first': expected an integer"):
         parallel.maybe_initialize_distributed(True)
+
+
+@pytest.mark.slow
+def test_two_processes_agree_to_pass_over_a_step_only_one_of_them_cannot_read(data_dir, tmp_path):
+    workdir = str(tmp_path / "two")
+    _train_on_two_processes(data_dir, workdir)  # checkpoints 2 and 3
+    os.remove(os.path.join(workdir, "checkpoints", "3", "data", "process_1-of-2.json"))  # process 1's position
+    outputs = _train_on_two_processes(data_dir, workdir, "4")  # both resume from 2, not only process 0 from 3
+    assert "checkpoint step 3 cannot be read" in outputs[0] + outputs[1]
+    assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "3"))
+    assert saved_params(workdir)[0] == 4
