@@ -5,7 +5,9 @@
 
 For every image: <output>/<name>_mask.png (a VOC-format palette PNG: pixel values are class indices, viewers
 show the PASCAL colours) and <name>_overlay.png (the colours blended over the image). Inference follows
-config.eval (e.g. --config.eval.flip=True).
+config.eval (e.g. --config.eval.flip=True). For the benchmarks' test servers, --format=voc writes
+<output>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png and --format=cityscapes <output>/<name>.png of
+Cityscapes label ids (gcn_jax/evaluation/prediction.py).
 """
 
 import os
@@ -16,6 +18,8 @@ from gcn_jax import cli, errors
 
 cli.define_flags("Config file the run was trained with.", checkpoint=True)
 flags.DEFINE_string("output", None, "Folder for the PNGs (default: <workdir>/predictions).")
+flags.DEFINE_enum("format", "default", ["default", "voc", "cityscapes"],
+                  "default: masks and overlays; voc / cityscapes: the files each benchmark's test server takes.")
 FLAGS = flags.FLAGS
 
 
@@ -30,13 +34,15 @@ def main(argv):
     paths = prediction.find_images(argv[1:])
     mesh = parallel.make_mesh()
     config = cli.checked_config(mesh, "predict")
+    prediction.check_format(FLAGS.format, config.model.num_classes)
     model, variables, step = load_variables(config, FLAGS.workdir, cli.checkpoint_choice(), mesh)
     output = FLAGS.output or os.path.join(FLAGS.workdir, "predictions")
     predict_fn = prediction.make_predict_fn(model, variables, config.eval)
-    written, failed = prediction.predict_files(predict_fn, paths, output)
-    for image, mask, _ in written:
-        print(f"{image} -> {mask}")
-    print(f"{len(written)} images, checkpoint step {step}; masks and overlays in {output}")
+    written, failed = prediction.predict_files(predict_fn, paths, output, FLAGS.format)
+    for image, first, *_ in written:
+        print(f"{image} -> {first}")
+    what = "masks and overlays" if FLAGS.format == "default" else f"{FLAGS.format} server files"
+    print(f"{len(written)} images, checkpoint step {step}; {what} in {output}")
     if failed:
         raise errors.InputError(f"{len(failed)} of {len(paths)} images could not be read:\n  "
                                 + "\n  ".join(reason for _, reason in failed))

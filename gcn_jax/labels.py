@@ -1,4 +1,5 @@
-"""Label vocabulary shared by the data, evaluation and prediction code: the ignore label and the PASCAL colours."""
+"""Label vocabulary shared by the data, evaluation and prediction code: the ignore label, the PASCAL colours and
+the Cityscapes ids."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import numpy as np
 from PIL import Image
 
 IGNORE_LABEL = 255  # VOC's void band, Cityscapes' unlabelled ids, and padding: never in the loss or the metrics
+
+# Cityscapes label id (0-33, as in *_gtFine_labelIds.png and as its test server wants predictions) -> train id
+# (the 19 evaluated classes the model predicts); every other label id is ignored in training.
+CITYSCAPES_LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                                25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_TRAIN_TO_LABEL_ID = np.array(sorted(CITYSCAPES_LABEL_TO_TRAIN_ID, key=CITYSCAPES_LABEL_TO_TRAIN_ID.get),
+                                        np.uint8)
 
 
 def pascal_palette(n: int = 256) -> np.ndarray:

@@ -120,3 +120,15 @@ def test_predict_carries_on_past_an_unreadable_image_and_exits_2_with_the_list(r
     assert "2 images, checkpoint step 40" in r.stdout
     assert f"error: 1 of 3 images could not be read:\n  {images / 'b.jpg'}: not a readable image" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "c_mask.png", "c_overlay.png"]
+
+
+def test_predict_refuses_a_server_format_for_another_class_count_before_predicting(run_40, tmp_path):
+    config, workdir, _ = run_40
+    image = tmp_path / "a.png"
+    Image.new("RGB", (20, 20)).save(image)
+    r = run("predict.py", "--config", "configs/synthetic.py", "--config.data.name=synthetic_shapes/tiny",
+            f"--config.data.data_dir={config.data.data_dir}", "--config.model.kernel_size=3", "--workdir", workdir,
+            f"--output={tmp_path / 'out'}", "--format=voc", str(image))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "error: --format=voc writes the 21 classes of its benchmark; this model predicts 6" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,12 +1,12 @@
-"""Image files as `predict.py` reads them: every common mode comes out as the RGB a viewer shows, and one
-unreadable file does not stop the others."""
+"""Image files as `predict.py` reads and writes them: every common mode comes out as the RGB a viewer shows, one
+unreadable file does not stop the others, and the test-server formats hold what each server expects."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from gcn_jax.errors import InputError
-from gcn_jax.evaluation.prediction import predict_files, read_image
+from gcn_jax.evaluation.prediction import check_format, predict_files, read_image
 
 RAMP = np.arange(12 * 16, dtype=np.float64).reshape(12, 16) / (12 * 16 - 1)  # 0 .. 1, row-major
 
@@ -85,3 +85,45 @@ def test_one_unreadable_file_does_not_stop_the_others(tmp_path):
     assert [f[0] for f in failed] == [str(broken)] and "broken.jpg: not a readable image" in failed[0][1]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "good_mask.png", "good_overlay.png", "later_mask.png", "later_overlay.png"]
+
+
+# The Cityscapes label ids of the 19 evaluated classes, in train-id order (cityscapesscripts' labels table:
+# road 7, sidewalk 8, building 11, wall 12, fence 13, pole 17, traffic light 19, traffic sign 20, vegetation 21,
+# terrain 22, sky 23, person 24, rider 25, car 26, truck 27, bus 28, train 31, motorcycle 32, bicycle 33).
+_CITYSCAPES_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+def test_cityscapes_format_writes_label_ids_under_the_image_name(tmp_path):
+    image = tmp_path / "berlin_000000_000019_leftImg8bit.png"
+    Image.new("RGB", (19, 4)).save(image)
+    train_ids = np.tile(np.arange(19, dtype=np.uint8), (4, 1))
+    written, failed = predict_files(lambda x: train_ids, [str(image)], str(tmp_path / "out"), "cityscapes")
+    assert not failed and written == [(str(image), str(tmp_path / "out" / "berlin_000000_000019_leftImg8bit.png"))]
+    with Image.open(written[0][1]) as saved:
+        assert saved.mode == "L"
+        np.testing.assert_array_equal(np.asarray(saved), np.tile(np.array(_CITYSCAPES_LABEL_IDS, np.uint8), (4, 1)))
+
+
+def test_voc_format_writes_palette_pngs_where_the_server_looks(tmp_path):
+    image = tmp_path / "2008_000001.jpg"
+    Image.new("RGB", (21, 3)).save(image)
+    classes = np.tile(np.arange(21, dtype=np.uint8), (3, 1))
+    written, _ = predict_files(lambda x: classes, [str(image)], str(tmp_path / "out"), "voc")
+    expected = tmp_path / "out" / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / "2008_000001.png"
+    assert written == [(str(image), str(expected))]
+    with Image.open(expected) as saved:
+        assert saved.mode == "P"
+        np.testing.assert_array_equal(np.asarray(saved), classes)
+        # VOC's colour map (the devkit's VOClabelcolormap): background, aeroplane, bicycle, bird, boat, ...
+        assert saved.getpalette()[:15] == [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128]
+        assert saved.getpalette()[20 * 3:21 * 3] == [0, 64, 128]  # tvmonitor
+
+
+def test_a_server_format_for_another_class_count_is_refused():
+    check_format("cityscapes", 19)
+    check_format("default", 6)
+    with pytest.raises(InputError, match=r"--format=voc writes the 21 classes of its benchmark; this model predicts "
+                                         r"6 \(config.model.num_classes\)"):
+        check_format("voc", 6)
+    with pytest.raises(InputError, match=r"--format=kitti: expected one of default, voc, cityscapes"):
+        check_format("kitti", 19)

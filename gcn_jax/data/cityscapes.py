@@ -25,14 +25,13 @@ import tensorflow_datasets as tfds
 
 from gcn_jax.data import common
 from gcn_jax.errors import InputError
-from gcn_jax.labels import IGNORE_LABEL
+from gcn_jax.labels import CITYSCAPES_LABEL_TO_TRAIN_ID, IGNORE_LABEL
 
 IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
 LABELS_ZIP = "gtFine_trainvaltest.zip"
 
 # label id -> train id (the Cityscapes benchmark's 19 evaluated classes); every other id -> 255.
-LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+LABEL_TO_TRAIN_ID = CITYSCAPES_LABEL_TO_TRAIN_ID
 TRAIN_ID_LUT = np.full(256, IGNORE_LABEL, np.uint8)
 for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
     TRAIN_ID_LUT[_label_id] = _train_id

@@ -1,6 +1,14 @@
 """Predicted masks for image files: the model under `config.eval`'s inference options, one image at a time at
-its own resolution, written as a VOC-format palette PNG (pixel values = class indices, shown in colour) and an
-overlay of the colours on the image."""
+its own resolution, written in one of `FORMATS`:
+
+- ``default``: ``<name>_mask.png``, a VOC-format palette PNG (pixel values = class indices, shown in colour),
+  and ``<name>_overlay.png``, the colours blended over the image;
+- ``voc``: what the PASCAL VOC evaluation server takes, ``results/VOC2012/Segmentation/comp6_test_cls/<name>.png``
+  (palette PNGs of the 21 class indices; comp6 is the competition for methods trained on more than VOC's own
+  data, as ImageNet-pretrained backbones are);
+- ``cityscapes``: what the Cityscapes test server takes, ``<name>.png`` of label ids (0-33, 8-bit grayscale) for
+  the model's 19 train ids, file names kept so that the server finds ``<city>_<sequence>_<frame>`` in them.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +23,43 @@ from PIL import Image, ImageOps
 from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.evaluation import evaluate, inference
 from gcn_jax.images import PIL_DECODE_ERRORS, normalize
-from gcn_jax.labels import colorize, palette_image
+from gcn_jax.labels import CITYSCAPES_TRAIN_TO_LABEL_ID, colorize, palette_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+VOC_RESULTS = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
+FORMATS = {"default": None, "voc": 21, "cityscapes": 19}  # format -> the class count it is defined for
+
+
+def check_format(fmt: str, num_classes: int) -> None:
+    """``fmt`` is one of `FORMATS` and fits a model of ``num_classes``."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format={fmt}: expected one of {', '.join(FORMATS)}")
+    if FORMATS[fmt] not in (None, num_classes):
+        raise InputError(f"--format={fmt} writes the {FORMATS[fmt]} classes of its benchmark; this model predicts "
+                         f"{num_classes} (config.model.num_classes)")
+
+
+def _write_default(output_dir: str, stem: str, image: np.ndarray, mask: np.ndarray) -> list[str]:
+    mask_path = os.path.join(output_dir, f"{stem}_mask.png")
+    overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+    palette_image(mask).save(mask_path)
+    Image.fromarray(overlay(image, mask)).save(overlay_path)
+    return [mask_path, overlay_path]
+
+
+def _write_voc(output_dir: str, stem: str, image: np.ndarray, mask: np.ndarray) -> list[str]:
+    path = os.path.join(output_dir, VOC_RESULTS, f"{stem}.png")
+    palette_image(mask).save(path)
+    return [path]
+
+
+def _write_cityscapes(output_dir: str, stem: str, image: np.ndarray, mask: np.ndarray) -> list[str]:
+    path = os.path.join(output_dir, f"{stem}.png")
+    Image.fromarray(CITYSCAPES_TRAIN_TO_LABEL_ID[mask], mode="L").save(path)
+    return [path]
+
+
+_WRITERS = {"default": _write_default, "voc": _write_voc, "cityscapes": _write_cityscapes}
 
 
 def find_images(paths: Sequence[str]) -> list[str]:
@@ -75,12 +117,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return np.round(blended).astype(np.uint8)
 
 
-def predict_files(predict_fn, paths: Sequence[str], output_dir: str
-                  ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """Write <name>_mask.png and <name>_overlay.png for every image that can be read. Returns the (image,
-    mask, overlay) paths written and the (image, reason) of those that could not be read: one bad file does
-    not stop the others."""
-    os.makedirs(output_dir, exist_ok=True)
+def predict_files(predict_fn, paths: Sequence[str], output_dir: str, fmt: str = "default"
+                  ) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+    """Write the prediction of every image that can be read in format ``fmt`` (`FORMATS`). Returns the (image,
+    *files written for it) and the (image, reason) of those that could not be read: one bad file does not stop
+    the others."""
+    write = _WRITERS[fmt]
+    os.makedirs(os.path.join(output_dir, VOC_RESULTS) if fmt == "voc" else output_dir, exist_ok=True)
     written, failed, names = [], [], set()
     for path in paths:
         base = stem = os.path.splitext(os.path.basename(path))[0]
@@ -93,10 +136,5 @@ def predict_files(predict_fn, paths: Sequence[str], output_dir: str
         except InputError as e:
             failed.append((path, str(e)))
             continue
-        mask = predict_fn(image)
-        mask_path = os.path.join(output_dir, f"{stem}_mask.png")
-        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
-        palette_image(mask).save(mask_path)
-        Image.fromarray(overlay(image, mask)).save(overlay_path)
-        written.append((path, mask_path, overlay_path))
+        written.append((path, *write(output_dir, stem, image, predict_fn(image))))
     return written, failed
