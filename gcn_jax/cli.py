@@ -36,9 +36,17 @@ def define_config_flag(config_help: str) -> None:
                       "themselves (bad input, a config value, a missing file).")
 
 
+RUN_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "run.py")
+_saved_config_by_default = False  # set by define_flags(checkpoint=True): eval.py, predict.py
+
+
 def define_flags(config_help: str, *, checkpoint: bool = False, distributed: bool = False) -> None:
-    """--config and --workdir (required); --checkpoint for the commands that read one; --distributed for the
-    commands that run on several hosts."""
+    """--config and --workdir (required); --checkpoint for the commands that read one, whose --config defaults
+    to the config the run saved in its workdir; --distributed for the commands that run on several hosts."""
+    global _saved_config_by_default
+    _saved_config_by_default = checkpoint
+    if checkpoint:
+        config_help += " Default: the config the run saved, <workdir>/config.json (configs/run.py)."
     define_config_flag(config_help)
     flags.DEFINE_string("workdir", None, "Training run directory (checkpoints/, metrics.jsonl, tensorboard/).")
     if checkpoint:
@@ -57,7 +65,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     code 2 instead of a chain of tracebacks. An error raised by the code of a config file itself keeps its
     traceback."""
     try:
-        args = FLAGS(argv)
+        args = FLAGS(_with_saved_config(argv) if _saved_config_by_default else argv)
         if "config" in FLAGS:
             FLAGS.config.keys()  # ml_collections reports a config file that did not load on first use
             _check_none_overrides(FLAGS["config"].override_values, FLAGS.config)
@@ -68,6 +76,26 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {_flag_error_message(e)}\nSee --helpshort for the flags; --verbose shows the traceback.",
               file=sys.stderr)
         sys.exit(errors.EXIT_ERROR)
+
+
+def _with_saved_config(argv: list[str]) -> list[str]:
+    """``argv`` with --config=configs/run.py:<workdir> added when it names no --config but a --workdir (whose
+    saved config.json must exist)."""
+    if any(arg in ("--config", "-config") or arg.startswith(("--config=", "-config=")) for arg in argv[1:]):
+        return argv
+    workdir = None
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith(("--workdir=", "-workdir=")):
+            workdir = arg.split("=", 1)[1]
+        elif arg in ("--workdir", "-workdir") and i + 1 < len(argv):
+            workdir = argv[i + 1]
+    if workdir is None:
+        return argv  # absl reports the missing flags
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise flags.IllegalFlagValueError(
+            f"no --config given, and {os.path.join(workdir, 'config.json')} (the config a training run saves) "
+            "does not exist: name the config the run was trained with, or train first")
+    return [argv[0], f"--config={RUN_CONFIG}:{workdir}", *argv[1:]]
 
 
 def _flag_error_message(error: Exception) -> str:

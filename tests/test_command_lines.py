@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import cityscapes, synthetic
+from configs import cityscapes, run, synthetic
 from gcn_jax.data.datasets import load_source
 from gcn_jax.evaluation.evaluate import evaluation_options, results_name
 from gcn_jax.training.checkpoints import load_variables
@@ -47,10 +47,9 @@ def test_eval_and_predict_command_lines(run_40, tmp_path):
         Image.fromarray(image).save(images / f"val{i}.png")
     Image.fromarray(originals[0][:37, :41]).save(images / "odd_size.jpg")
     (images / "notes.txt").write_text("not an image")
-    out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "predict.py", *_cli_overrides(config), "--workdir", workdir,
-                             f"--output={out}", str(images)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    out = tmp_path / "out"  # no --config: the one the run saved
+    result = subprocess.run([sys.executable, "predict.py", "--workdir", workdir, f"--output={out}", str(images)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 images, checkpoint step 40" in result.stdout
     assert sorted(os.listdir(out)) == sorted(f"{n}_{kind}.png" for n in ("val0", "val1", "odd_size")
@@ -69,6 +68,20 @@ def test_eval_and_predict_command_lines(run_40, tmp_path):
                              str(tmp_path / "missing.jpg")], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0 and "missing.jpg: no such file or folder" in result.stderr
+
+
+def test_the_config_a_run_saved_is_the_config_it_was_trained_with(run_40, tmp_path):
+    config, workdir, _ = run_40
+    saved = run.get_config(workdir)
+    assert json.loads(saved.to_json_best_effort()) == json.loads(config.to_json_best_effort())
+    assert saved.crop_size == (48, 48) and saved.data.eval_pad_size == (48, 64)  # tuples again, not lists
+    saved.optimizer.grad_clip_norm = None  # still an optional field
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "eval.py", "--workdir", str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (f"error: no --config given, and {tmp_path / 'config.json'} (the config a training run saves) does not "
+            "exist") in result.stderr
 
 
 @pytest.mark.slow
