@@ -37,6 +37,11 @@ def test_eval_and_predict_command_lines(run_40, tmp_path):
     logged = [r for r in read_jsonl(workdir) if r.get("step") == 20 and "eval/miou" in r][0]
     assert report["miou"] == pytest.approx(logged["eval/miou"], abs=1e-3)  # 1 process here, 4 devices there
     assert set(report["per_class_iou"]) == {"background", "disc", "square", "triangle", "ring", "cross"}
+    confusion = np.array(report["confusion_matrix"]["counts"])  # rows: label, columns: prediction
+    assert confusion.sum() == report["num_pixels"]
+    tp, union = np.diag(confusion), confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    assert [None if u == 0 else pytest.approx(t / u) for t, u in zip(tp, union)] == list(
+        report["per_class_iou"].values())
 
     images = tmp_path / "images"
     images.mkdir()

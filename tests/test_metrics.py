@@ -3,6 +3,7 @@ out), split-level mIoU with zero-union classes excluded, Table 5's boundary band
 
 Expected values come from brute-force loops and scipy, never from the code under test."""
 
+import json
 import math
 from fractions import Fraction
 from functools import partial
@@ -72,6 +73,10 @@ def test_hand_worked_2x3_example():
     assert s["mean_class_accuracy"] == pytest.approx(float((Fraction(1, 2) + 1 + 1) / 3))  # 5/6
     assert s["num_pixels"] == 5
     assert counts["boundary_total"] + counts["interior_total"] == 5
+    assert s["confusion_matrix"]["counts"] == [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert s["confusion_matrix"]["row_normalized"] == [[0.5, 0.5, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                                                       [0.0, 0.0, 1.0, 0.0], [None, None, None, None]]
+    json.dumps(s)  # eval.py writes it as it is
 
 
 def test_miou_over_a_split_matches_independent_per_class_counts():

@@ -144,8 +144,9 @@ def summarize(counts: Mapping[str, Any], class_names: Sequence[str]) -> dict[str
     'miou': mean IoU = TP / (TP + FP + FN) over the classes with non-zero union (a class only predicted,
     never present, has IoU 0 and counts); 'per_class_iou': {name: IoU, or None for zero union};
     'pixel_accuracy': correct / counted pixels; 'mean_class_accuracy': mean of TP / ground-truth pixels over
-    classes that have any; 'boundary_accuracy', 'interior_accuracy': Table 5's; 'num_pixels': counted pixels.
-    A ratio with nothing to average or divide by is None.
+    classes that have any; 'boundary_accuracy', 'interior_accuracy': Table 5's; 'num_pixels': counted pixels;
+    'confusion_matrix': its 'counts' (rows: label, columns: prediction) and 'row_normalized' (each row over its
+    label's pixels: recall on the diagonal). A ratio with nothing to average or divide by is None.
     """
     confusion = np.asarray(counts["confusion"], dtype=np.int64)
     n = len(class_names)
@@ -174,6 +175,10 @@ def summarize(counts: Mapping[str, Any], class_names: Sequence[str]) -> dict[str
         "boundary_accuracy": _ratio(count("boundary_correct"), count("boundary_total")),
         "interior_accuracy": _ratio(count("interior_correct"), count("interior_total")),
         "num_pixels": num_pixels,
+        "confusion_matrix": {  # rows: the label, columns: the prediction, in class_names' order
+            "counts": confusion.tolist(),
+            "row_normalized": [[_ratio(x, gt[c]) for x in confusion[c]] for c in range(n)],
+        },
     }
 
 
