@@ -31,9 +31,8 @@ IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
 LABELS_ZIP = "gtFine_trainvaltest.zip"
 
 # label id -> train id (the Cityscapes benchmark's 19 evaluated classes); every other id -> 255.
-LABEL_TO_TRAIN_ID = CITYSCAPES_LABEL_TO_TRAIN_ID
 TRAIN_ID_LUT = np.full(256, IGNORE_LABEL, np.uint8)
-for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
+for _label_id, _train_id in CITYSCAPES_LABEL_TO_TRAIN_ID.items():
     TRAIN_ID_LUT[_label_id] = _train_id
 NUM_CLASSES = 19
 CLASS_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",

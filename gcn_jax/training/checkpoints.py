@@ -51,9 +51,9 @@ class CheckpointMismatchError(InputError):
 class DamagedCheckpointError(InputError):
     """A checkpoint step that cannot be read: a file missing or damaged inside its folder."""
 
-    def __init__(self, message: str, step: int | None = None, reason: str = ""):
+    def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
-        self.step, self.reason = step, reason
+        self.reason = reason  # the cause alone, for the list of steps tried
 
 
 class CheckpointSaveError(WriteFailedError):
@@ -263,7 +263,7 @@ def _is_damage(error: BaseException) -> bool:
 
 def _damaged(manager: ocp.CheckpointManager, step: int, cause: BaseException | str) -> DamagedCheckpointError:
     reason = cause if isinstance(cause, str) else first_line(cause)
-    return DamagedCheckpointError(f"checkpoint {manager.directory}/{step} cannot be read: {reason}", step, reason)
+    return DamagedCheckpointError(f"checkpoint {manager.directory}/{step} cannot be read: {reason}", reason)
 
 
 def _saved_state_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -374,7 +374,6 @@ def restore_newest_intact(manager: ocp.CheckpointManager, target, data_iterator=
         # processes only can still do that; on a file system that all hosts share, all see the same files.)
         problem = _damage_in(check_step, manager, step, target, data_iterator)
         if parallel.all_processes_say(problem is None):
-            restored, problem = None, None
             try:
                 restored = restore(manager, step, target, data_iterator, checked=True)
             except DamagedCheckpointError as e:

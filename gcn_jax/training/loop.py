@@ -245,11 +245,9 @@ class _Run:
         """Finish a save in flight (never left half-written) and close the outputs. After a failure the error
         that stopped the run is the one reported: a failing save is only logged then."""
         try:
-            if failed:  # no waiting on the other processes, which may have stopped elsewhere
-                self.manager.close()
-            else:
+            if not failed:  # after a failure, no waiting on the other processes, which may have stopped elsewhere
                 checkpoints.check_saving(self.manager)
-                self.manager.close()
+            self.manager.close()
         except Exception as e:
             if not failed:
                 raise
