@@ -4,6 +4,7 @@ call (jax.distributed, library log levels), the up-front config check and the ch
 from __future__ import annotations
 
 import errno
+import functools
 import logging as std_logging
 import os
 import sys
@@ -213,23 +214,28 @@ def checkpoint_choice() -> str | int:
 def quiet_library_logs(verbose: bool = False) -> None:
     """Hide orbax's INFO lines (dozens per checkpoint) from the console; warnings and errors still show, its
     errors as one line each unless ``verbose`` (a failed save logs the same traceback from several threads
-    before the run stops with `checkpoints.CheckpointSaveError`). Also, unless ``verbose``, the "Event loop is
-    closed" noise that TensorStore's callbacks print (hundreds of times) after orbax gave up on a failed write."""
-
-    def keep(record) -> bool:
-        if "/orbax/" not in record.pathname:
-            return True
-        # Saves between evaluations carry no mIoU by design; orbax warns about each of them.
-        message = record.getMessage()
-        if record.levelno >= std_logging.ERROR and not verbose:
-            record.msg, record.args = (message.splitlines() or [""])[0], None
-            record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return (record.levelno >= std_logging.WARNING and "did not provide metrics" not in message
-                and "read only" not in message and "read_only=True" not in message)
-
-    logging.get_absl_handler().addFilter(keep)
+    before the run stops with `checkpoints.CheckpointSaveError`). Also, unless ``verbose``, the noise a failed
+    write leaves behind: asyncio's "Task exception was never retrieved" for each write task orbax abandoned
+    (the same error, with a traceback, once per array) and the "Event loop is closed" that TensorStore's
+    callbacks print (hundreds of times)."""
+    logging.get_absl_handler().addFilter(functools.partial(keep_library_record, verbose=verbose))
     if not verbose:
         sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def keep_library_record(record: std_logging.LogRecord, verbose: bool = False) -> bool:
+    """Whether the console shows ``record``; orbax's errors are cut to their first line unless ``verbose``."""
+    message = record.getMessage()
+    if record.name == "asyncio":
+        return verbose or "/orbax/" not in message
+    if "/orbax/" not in record.pathname:
+        return True
+    if record.levelno >= std_logging.ERROR and not verbose:
+        record.msg, record.args = (message.splitlines() or [""])[0], None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+    # Saves between evaluations carry no mIoU by design; orbax warns about each of them.
+    return (record.levelno >= std_logging.WARNING and "did not provide metrics" not in message
+            and "read only" not in message and "read_only=True" not in message)
 
 
 def _without_closed_loop_noise(hook):

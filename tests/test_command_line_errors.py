@@ -2,6 +2,9 @@
 documented exit code, --verbose brings the traceback back, and a run stopped by SIGTERM exits 75 so that a
 scheduler can tell it is unfinished."""
 
+import asyncio
+import functools
+import logging as std_logging
 import os
 import signal
 import subprocess
@@ -11,7 +14,7 @@ import time
 import pytest
 from PIL import Image
 
-from gcn_jax import errors
+from gcn_jax import cli, errors
 from gcn_jax.training.config_checks import ConfigError
 from gcn_jax.training.loop import NonFiniteLossError, TrainingInterrupted
 
@@ -132,3 +135,35 @@ def test_predict_refuses_a_server_format_for_another_class_count_before_predicti
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "error: --format=voc writes the 21 classes of its benchmark; this model predicts 6" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _shown_by_console(context, verbose) -> list:
+    """What the console filter lets through when asyncio reports ``context`` as it does for a task nobody
+    awaited."""
+    shown = []
+    handler = std_logging.Handler()
+    handler.emit = shown.append
+    handler.addFilter(functools.partial(cli.keep_library_record, verbose=verbose))
+    logger = std_logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.default_exception_handler(context)
+    finally:
+        loop.close()
+        logger.removeHandler(handler)
+    return shown
+
+
+def test_write_tasks_orbax_abandoned_after_a_failed_save_are_not_a_traceback_each():
+    # As asyncio logged it in CI, once per array of the checkpoint, after the run had said the disk was full.
+    abandoned = {"message": "Task exception was never retrieved",
+                 "exception": ValueError('OUT_OF_RANGE: Error writing "params.x/0" ... File too large'),
+                 "future": "<Task finished name='Task-1834' coro=<async_serialize_from_host() done, defined at "
+                           "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py:126>>"}
+    assert _shown_by_console(abandoned, verbose=False) == []
+    assert len(_shown_by_console(abandoned, verbose=True)) == 1
+    ours = {**abandoned, "future": "<Task finished name='Task-7' coro=<prefetch() done, defined at "
+                                   "/work/gcn_jax/data/pipeline.py:10>>"}
+    [record] = _shown_by_console(ours, verbose=False)
+    assert record.exc_info[1] is ours["exception"]
