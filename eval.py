@@ -38,7 +38,7 @@ def main(argv):
     output = FLAGS.output or os.path.join(FLAGS.workdir, evaluate.results_name(step, options))
     cli.check_writable(output)
     start = time.perf_counter()
-    summary = evaluate.Evaluator(config, model, mesh)(variables)
+    summary = evaluate.Evaluator(config, model, mesh)(variables, show_progress=True)
     seconds = time.perf_counter() - start
     if jax.process_index() == 0:
         print(f"checkpoint step {step} of {FLAGS.workdir}; {config.data.name} {config.data.eval_split}; "

@@ -1,6 +1,9 @@
 """Image files as `predict.py` reads and writes them: every common mode comes out as the RGB a viewer shows, one
 unreadable file does not stop the others, and the test-server formats hold what each server expects."""
 
+import io
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -85,6 +88,26 @@ def test_one_unreadable_file_does_not_stop_the_others(tmp_path):
     assert [f[0] for f in failed] == [str(broken)] and "broken.jpg: not a readable image" in failed[0][1]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "good_mask.png", "good_overlay.png", "later_mask.png", "later_overlay.png"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_predicting_a_folder_shows_progress_on_a_terminal_only(tmp_path, monkeypatch, terminal):
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (8, 8)).save(paths[-1])
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    predict_files(lambda image: np.zeros(image.shape[:2], np.uint8), paths, str(tmp_path / "out"))
+    if terminal:  # the bar (count of total, rate, ETA) drawn, then cleared when done
+        assert "predicting:   0%|" in stderr.getvalue() and "0/3 [00:00<?, ?image/s]" in stderr.getvalue()
+    else:
+        assert stderr.getvalue() == ""
 
 
 # The Cityscapes label ids of the 19 evaluated classes, in train-id order (cityscapesscripts' labels table:

@@ -14,6 +14,7 @@ from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import dataset_spec
 from gcn_jax.errors import InputError
 from gcn_jax.evaluation import inference, metrics
+from gcn_jax.progress import progress
 
 
 def inference_options(eval_config) -> dict:
@@ -87,12 +88,15 @@ class Evaluator:
         self.loader, self.num_batches = pipeline.eval_loader(config.data, config.eval_batch_size)
         self.step = make_eval_step(model, mesh, len(self.class_names), config.eval)
 
-    def __call__(self, variables, max_batches: int = 0) -> dict:
+    def __call__(self, variables, max_batches: int = 0, show_progress: bool = False) -> dict:
         """``max_batches`` > 0 stops early (a quicker estimate during training); every process stops at the
-        same batch."""
+        same batch. ``show_progress``: a progress bar on a terminal (`gcn_jax.progress`)."""
         limit = self.num_batches if max_batches <= 0 else min(self.num_batches, max_batches)
+        batches = zip(range(limit), self.loader)
+        if show_progress:
+            batches = progress(batches, total=limit, desc=f"evaluating {self.dataset}", unit="batch")
         totals = None
-        for _, batch in zip(range(limit), self.loader):
+        for _, batch in batches:
             arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "label", "mask")})
             totals = metrics.add_counts(totals, parallel.fetch(self.step(variables, arrays)))
         if totals is None:

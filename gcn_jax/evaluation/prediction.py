@@ -12,6 +12,7 @@ its own resolution, written in one of `FORMATS`:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.evaluation import evaluate, inference
 from gcn_jax.images import PIL_DECODE_ERRORS, normalize
 from gcn_jax.labels import CITYSCAPES_TRAIN_TO_LABEL_ID, colorize, palette_image
+from gcn_jax.progress import progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 VOC_RESULTS = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
@@ -98,16 +100,32 @@ def read_image(path: str) -> np.ndarray:
         raise InputError(f"{path}: not a readable image ({e})") from e
 
 
+def make_segment_fn(model, variables, eval_config):
+    """images uint8 or float RGB (batch, height, width, 3) -> class indices uint8 (batch, height, width), and
+    with ``probabilities=True`` also the class probabilities float32 (batch, height, width, classes): a softmax
+    of the logits, or `inference.multi_scale`'s mean over scales and flips. Inference follows ``eval_config``;
+    compiled once per input shape. Results are numpy arrays."""
+    options = evaluate.inference_options(eval_config)
+    averaged = options["scales"] != (1.0,) or options["flip"]  # multi_scale returns probabilities, not logits
+
+    @functools.partial(jax.jit, static_argnames="probabilities")
+    def segment(variables, images, probabilities):
+        scores = inference.multi_scale(lambda x: model.apply(variables, x), images, **options)
+        classes = jnp.argmax(scores, axis=-1).astype(jnp.uint8)
+        if not probabilities:
+            return classes
+        return classes, scores if averaged else jax.nn.softmax(scores, axis=-1)
+
+    def run(images: np.ndarray, probabilities: bool = False):
+        return jax.tree.map(np.asarray, segment(variables, normalize(images), probabilities))
+
+    return run
+
+
 def make_predict_fn(model, variables, eval_config):
     """image uint8 (height, width, 3) -> class indices uint8 (height, width); compiled once per image size."""
-    options = evaluate.inference_options(eval_config)
-
-    @jax.jit
-    def predict(variables, image):
-        scores = inference.multi_scale(lambda x: model.apply(variables, x), image[None], **options)
-        return jnp.argmax(scores[0], axis=-1).astype(jnp.uint8)
-
-    return lambda image: np.asarray(predict(variables, normalize(image)))
+    segment = make_segment_fn(model, variables, eval_config)
+    return lambda image: segment(image[None])[0]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -125,7 +143,7 @@ def predict_files(predict_fn, paths: Sequence[str], output_dir: str, fmt: str = 
     write = _WRITERS[fmt]
     os.makedirs(os.path.join(output_dir, VOC_RESULTS) if fmt == "voc" else output_dir, exist_ok=True)
     written, failed, names = [], [], set()
-    for path in paths:
+    for path in progress(paths, desc="predicting", unit="image"):
         base = stem = os.path.splitext(os.path.basename(path))[0]
         copy = 1
         while stem in names:  # the same file name in two folders: keep both
