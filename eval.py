@@ -1,7 +1,9 @@
 """Evaluate a training run's checkpoint on the validation split: mIoU, per-class IoU, pixel accuracy and the
 paper's boundary / interior accuracy (Table 5). Prints a table and writes <workdir>/eval_<step>.json, or, with
 other options than a plain single-scale evaluation of the validation split, <workdir>/eval_<step>_<tag>.json
-(`evaluate.results_name`); the file records the options.
+(`evaluate.results_name`); the file records the options. Beside it, <name>_confusion.png (the confusion matrix as
+a heat map) and <name>_examples.png (config.eval.examples_random random and examples_worst worst examples:
+image, label, prediction, errors).
 
     python eval.py --config configs/synthetic.py --workdir runs/demo
     python eval.py --config configs/voc.py --workdir runs/voc --checkpoint=best \\
@@ -19,7 +21,8 @@ from gcn_jax import cli
 
 cli.define_flags("Config file the run was trained with.", checkpoint=True, distributed=True)
 flags.DEFINE_string("output", None, "JSON file for the results (default: <workdir>/eval_<step>.json, "
-                    "eval_<step>_<tag>.json with other evaluation options).")
+                    "eval_<step>_<tag>.json with other evaluation options); the pictures go beside it as "
+                    "<name>_confusion.png and <name>_examples.png.")
 FLAGS = flags.FLAGS
 
 
@@ -38,8 +41,10 @@ def main(argv):
     output = FLAGS.output or os.path.join(FLAGS.workdir, evaluate.results_name(step, options))
     cli.check_writable(output)
     start = time.perf_counter()
-    summary = evaluate.Evaluator(config, model, mesh)(variables, show_progress=True)
+    evaluator = evaluate.Evaluator(config, model, mesh)
+    summary, per_image = evaluator.evaluate(variables, show_progress=True)
     seconds = time.perf_counter() - start
+    examples = evaluator.example_picture(variables, per_image)  # on every process: predicted on the whole mesh
     if jax.process_index() == 0:
         print(f"checkpoint step {step} of {FLAGS.workdir}; {config.data.name} {config.data.eval_split}; "
               f"scales {options['scales']}, flip {options['flip']}, window {options['window']}; {seconds:.1f}s")
@@ -49,6 +54,27 @@ def main(argv):
                        "inference": evaluate.inference_options(config.eval), "options": options, **summary}, f,
                       indent=2)
         print(f"wrote {output}")
+        for path in write_pictures(output, summary, examples, f"{config.data.name} {config.data.eval_split}", step):
+            print(f"wrote {path}")
+
+
+def write_pictures(output: str, summary: dict, examples, dataset: str, step: int) -> list[str]:
+    """<stem>_confusion.png (the row-normalised confusion matrix) and, if drawn, <stem>_examples.png, next to
+    the JSON ``output``."""
+    from PIL import Image
+
+    from gcn_jax.evaluation import pictures
+
+    stem = os.path.splitext(output)[0]
+    miou = "—" if summary["miou"] is None else f"{100 * summary['miou']:.2f}%"
+    heatmap = pictures.confusion_heatmap(summary["confusion_matrix"]["counts"], list(summary["per_class_iou"]),
+                                         f"{dataset}, step {step}: mIoU {miou}")
+    written = [f"{stem}_confusion.png"]
+    Image.fromarray(heatmap.image).save(written[0])
+    if examples is not None:
+        written.append(f"{stem}_examples.png")
+        Image.fromarray(examples).save(written[1])
+    return written
 
 
 if __name__ == "__main__":

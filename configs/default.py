@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.window_stride = ()  # window step (height, width); empty: half the window
     config.eval.boundary_width = 7  # Table 5: boundary = pixels within 7 px of a label edge
     config.eval.max_batches = 0  # limit for evaluations during training (0: the whole split)
+    # Example pictures (eval.py's <stem>_examples.png, TensorBoard's eval/examples during training): records drawn
+    # with a fixed seed, the same for every checkpoint, and the worst by pixel accuracy. 0 and 0: no pictures.
+    config.eval.examples_random = 4
+    config.eval.examples_worst = 4
 
     # Input pipeline (gcn_jax/data). Datasets are tfds builders: voc_sbd/voc, voc_sbd/aug, cityscapes_fine,
     # synthetic_shapes/default, synthetic_shapes/flat, synthetic_shapes/tiny.

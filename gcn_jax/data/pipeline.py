@@ -111,7 +111,7 @@ def eval_loader(data_config, global_batch_size: int, *, source=None, process_ind
     """One pass over ``data_config.eval_split``: (loader, number of batches). Batches hold full-resolution
     images padded to ``data_config.eval_pad_size``: {'image': float32 (b, pad_h, pad_w, 3), 'label': int32,
     'mask': bool (b, pad_h, pad_w), 'index': int32 (b,), -1 for padding examples}; only pixels where 'mask'
-    is true count. ``source`` replaces the split's tfds source (tests)."""
+    is true count. ``source``: the split's tfds source read undecoded, if already open (or a test's)."""
     d = data_config
     _grain_flags_parsed()
     process_index, process_count = _process(process_index, process_count)
@@ -130,3 +130,15 @@ def eval_loader(data_config, global_batch_size: int, *, source=None, process_ind
         read_options=grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=max(2 * batch, 4)),
     )
     return loader, num_batches
+
+
+def eval_examples(data_config, source, indices: Sequence[int]) -> dict:
+    """Records ``indices`` of ``source`` (the eval split read undecoded, as `eval_loader` reads it) prepared as
+    `eval_loader` prepares them, stacked in the order given: {'image', 'label', 'mask', 'index'}; an index -1
+    is a padding example."""
+    d = data_config
+    records, padding = _Records(source), _Records(source, [], length=1)
+    decode = DecodeRecord(d.name, d.eval_split)
+    prepare = EvalTransform(size_pair(d.eval_pad_size, "eval_pad_size"), dataset_spec(d.name).label_lut)
+    elements = [prepare.map(decode.map(records[int(i)] if i >= 0 else padding[0])) for i in indices]
+    return {key: np.stack([e[key] for e in elements]) for key in ("image", "label", "mask", "index")}

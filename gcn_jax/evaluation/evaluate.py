@@ -1,5 +1,6 @@
 """One pass over a validation split: sharded inference (plain, multi-scale + flip, sliding window) and the
-confusion-matrix metrics of `metrics`, summed over the whole split. Used by training and by eval.py."""
+confusion-matrix metrics of `metrics`, summed over the whole split, with each image's pixel accuracy, from which
+a few examples are chosen, predicted again and drawn (`pictures`). Used by training and by eval.py."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
-from gcn_jax.data.datasets import dataset_spec
+from gcn_jax.data.datasets import dataset_spec, load_source
 from gcn_jax.errors import InputError
-from gcn_jax.evaluation import inference, metrics
+from gcn_jax.evaluation import inference, metrics, pictures
 from gcn_jax.progress import progress
 
 
@@ -62,43 +64,114 @@ def results_name(step: int, options: dict) -> str:
     return f"eval_{step}_{'+'.join(differ)}_{digest}.json"
 
 
+def _predict(model, variables, images, options) -> jax.Array:
+    scores = inference.multi_scale(lambda x: model.apply(variables, x), images, **options)
+    return jnp.argmax(scores, axis=-1)
+
+
 def make_eval_step(model, mesh, num_classes: int, eval_config):
-    """jit(step)(variables, batch) -> summed counts of `metrics.batch_counts`, replicated. ``batch`` holds
-    global arrays 'image', 'label', 'mask' sharded over the data axis."""
+    """jit(step)(variables, batch) -> (summed counts of `metrics.batch_counts`, per-image counts of
+    `metrics.image_counts` with the batch's 'index'), replicated (so every process holds every image's counts).
+    ``batch`` holds global arrays 'image', 'label', 'mask', 'index' sharded over the data axis."""
     options = inference_options(eval_config)
 
     def step(variables, batch):
-        scores = inference.multi_scale(lambda images: model.apply(variables, images), batch["image"], **options)
-        predictions = jnp.argmax(scores, axis=-1)
-        return metrics.batch_counts(batch["label"], predictions, num_classes, valid=batch["mask"],
-                                    boundary_width=eval_config.boundary_width)
+        predictions = _predict(model, variables, batch["image"], options)
+        counts = metrics.batch_counts(batch["label"], predictions, num_classes, valid=batch["mask"],
+                                      boundary_width=eval_config.boundary_width)
+        per_image = metrics.image_counts(batch["label"], predictions, num_classes, valid=batch["mask"])
+        return counts, {"index": batch["index"], **per_image}
 
     replicated = parallel.replicated(mesh)
     return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
 
 
+def make_predict_step(model, mesh, eval_config):
+    """jit(step)(variables, batch) -> {'index', 'prediction': int32 (batch, height, width)}, replicated, for a
+    batch of global arrays 'image', 'index' sharded over the data axis."""
+    options = inference_options(eval_config)
+
+    def step(variables, batch):
+        return {"index": batch["index"], "prediction": _predict(model, variables, batch["image"], options)}
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+
+
+def _sorted_by_index(per_image: list[dict]) -> dict[str, np.ndarray]:
+    """The per-image counts of every batch, padding examples (index -1) left out, sorted by record index."""
+    joined = {key: np.concatenate([np.asarray(p[key], np.int64) for p in per_image]) for key in per_image[0]}
+    order = np.argsort(joined["index"], kind="stable")
+    order = order[joined["index"][order] >= 0]
+    return {key: value[order] for key, value in joined.items()}
+
+
 class Evaluator:
     """Evaluates model variables on ``config.data.eval_split`` with the inference options of ``config.eval``.
-    Built once (loader and compiled step), called at every evaluation: ``evaluator(variables)`` returns
-    `metrics.summarize`'s dict."""
+    Built once (loader and compiled steps), called at every evaluation: ``evaluator(variables)`` returns
+    `metrics.summarize`'s dict; `evaluate` also the per-image counts, from which `example_picture` draws."""
 
     def __init__(self, config, model, mesh):
-        self.mesh, self.dataset = mesh, f"{config.data.name} {config.data.eval_split}"
-        self.class_names = dataset_spec(config.data.name).class_names
-        self.loader, self.num_batches = pipeline.eval_loader(config.data, config.eval_batch_size)
+        d = config.data
+        self.mesh, self.dataset, self.config = mesh, f"{d.name} {d.eval_split}", config
+        self.class_names = dataset_spec(d.name).class_names
+        self.source = load_source(d.name, d.eval_split, d.data_dir, decode=False)
+        self.loader, self.num_batches = pipeline.eval_loader(d, config.eval_batch_size, source=self.source)
         self.step = make_eval_step(model, mesh, len(self.class_names), config.eval)
+        self.predict = make_predict_step(model, mesh, config.eval)
 
-    def __call__(self, variables, max_batches: int = 0, show_progress: bool = False) -> dict:
-        """``max_batches`` > 0 stops early (a quicker estimate during training); every process stops at the
-        same batch. ``show_progress``: a progress bar on a terminal (`gcn_jax.progress`)."""
+    def __call__(self, variables, max_batches: int = 0) -> dict:
+        return self.evaluate(variables, max_batches)[0]
+
+    def evaluate(self, variables, max_batches: int = 0, show_progress: bool = False
+                 ) -> tuple[dict, dict[str, np.ndarray]]:
+        """(`metrics.summarize`'s dict, the per-image counts {'index', 'correct', 'counted'}: int64 arrays over
+        the images evaluated, sorted by record index, the same on every process). ``max_batches`` > 0 stops
+        early (a quicker estimate during training); every process stops at the same batch. ``show_progress``:
+        a progress bar on a terminal (`gcn_jax.progress`)."""
         limit = self.num_batches if max_batches <= 0 else min(self.num_batches, max_batches)
         batches = zip(range(limit), self.loader)
         if show_progress:
             batches = progress(batches, total=limit, desc=f"evaluating {self.dataset}", unit="batch")
-        totals = None
+        totals, per_image = None, []
         for _, batch in batches:
-            arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "label", "mask")})
-            totals = metrics.add_counts(totals, parallel.fetch(self.step(variables, arrays)))
+            arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "label", "mask", "index")})
+            counts, images = parallel.fetch(self.step(variables, arrays))
+            totals = metrics.add_counts(totals, counts)
+            per_image.append(images)
         if totals is None:
             raise InputError(f"the validation split of {self.dataset} is empty")
-        return metrics.summarize(totals, self.class_names)
+        return metrics.summarize(totals, self.class_names), _sorted_by_index(per_image)
+
+    def examples(self, variables, indices) -> dict[str, np.ndarray]:
+        """Records ``indices`` of the split as the evaluation prepares them, with the model's predictions:
+        {'image', 'label', 'mask', 'index', 'prediction'} numpy, in the order given. The predictions are
+        computed on the whole mesh: every process calls this with the same indices and gets the same arrays."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("no records to predict")
+        batch, processes = self.config.eval_batch_size, jax.process_count()
+        local = batch // processes
+        padded = indices + [-1] * (-len(indices) % batch)
+        host = pipeline.eval_examples(self.config.data, self.source, padded)
+        predicted = {}
+        for start in range(0, len(padded), batch):
+            mine = slice(start + jax.process_index() * local, start + (jax.process_index() + 1) * local)
+            arrays = parallel.global_batch(self.mesh, {k: host[k][mine] for k in ("image", "index")})
+            out = parallel.fetch(self.predict(variables, arrays))
+            predicted.update((int(i), p) for i, p in zip(out["index"], out["prediction"]) if i >= 0)
+        examples = {key: value[:len(indices)] for key, value in host.items()}
+        examples["prediction"] = np.stack([predicted[i] for i in indices])
+        return examples
+
+    def example_picture(self, variables, per_image: dict, max_width: int | None = None) -> np.ndarray | None:
+        """`pictures.example_grid` of the examples `pictures.choose_examples` picks from an evaluation's
+        per-image counts (``config.eval.examples_random`` random, ``examples_worst`` worst), predicted again;
+        None when both are 0. Every process calls it (see `examples`)."""
+        chosen = pictures.choose_examples(per_image, self.config.eval.examples_random,
+                                          self.config.eval.examples_worst)
+        if not len(chosen["index"]):
+            return None
+        examples = self.examples(variables, chosen["index"])
+        captions = [f"record {i} ({kind})" for i, kind in zip(chosen["index"], chosen["kind"])]
+        return pictures.example_grid(examples, captions, len(self.class_names), max_width)

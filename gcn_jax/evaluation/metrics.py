@@ -124,6 +124,16 @@ def batch_counts(labels, predictions, num_classes: int, valid=None, boundary_wid
     }
 
 
+def image_counts(labels, predictions, num_classes: int, valid=None) -> dict:
+    """Per image of the batch, int32 (batch,): 'correct', the counted pixels predicted right, and 'counted', the
+    counted pixels (`counted_mask`); their ratio is the image's pixel accuracy (jit-able)."""
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    predictions = jnp.asarray(predictions).astype(jnp.int32)
+    counted = counted_mask(labels, predictions, num_classes, valid)
+    return {"correct": jnp.sum(counted & (predictions == labels), axis=(1, 2), dtype=jnp.int32),
+            "counted": jnp.sum(counted, axis=(1, 2), dtype=jnp.int32)}
+
+
 def add_counts(total: Mapping[str, Any] | None, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Host-side running sum: `total` + `batch` as numpy int64 (`total` None starts the sum)."""
     batch = {k: np.asarray(jax.device_get(v), dtype=np.int64) for k, v in batch.items()}

@@ -10,6 +10,7 @@ from gcn_jax.data.pipeline import local_batch_size
 from gcn_jax.data.transforms import check_augment
 from gcn_jax.errors import InputError
 from gcn_jax.evaluation.evaluate import inference_options
+from gcn_jax.evaluation.pictures import check_example_count
 from gcn_jax.images import size_pair
 from gcn_jax.models import build_model, check_weights_file
 from gcn_jax.training.checkpoints import check_retention
@@ -84,6 +85,8 @@ def check_config(config, num_devices: int, process_count: int = 1, command: str 
     if command != "predict":
         problems += _problem("data.eval_pad_size", size_pair, config.data.eval_pad_size, "eval_pad_size")
         problems += _batch_problems("eval_batch_size", config.eval_batch_size, num_devices, process_count)
+        for key in ("examples_random", "examples_worst"):
+            problems += _problem(f"eval.{key}", check_example_count, config.eval[key])
     if command == "train":
         problems += _training_problems(config, num_devices, process_count)
     if problems:

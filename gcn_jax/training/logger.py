@@ -1,5 +1,6 @@
 """Metric logging of a run: TensorBoard event files (written with the `tensorboard` package, no TensorFlow)
-and `metrics.jsonl`, one JSON object per record with its `step`. Only process 0 writes.
+and `metrics.jsonl`, one JSON object per record with its `step`; pictures go to TensorBoard alone. Only process 0
+writes.
 
 A run killed after its last checkpoint has logged steps that the resumed run trains again: on resume the
 records after the checkpoint's step are dropped from `metrics.jsonl` (and a line cut short by the kill), and
@@ -8,12 +9,15 @@ records), so that every step appears once, with the values of the run that carri
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import time
 
+import numpy as np
 from absl import logging
+from PIL import Image
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -48,6 +52,17 @@ class MetricLogger:
         values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in record.items()
                   if k != "step" and isinstance(v, (int, float))]
         self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """One picture, uint8 RGB (height, width, 3), as a TensorBoard image summary (PNG) at ``step``."""
+        if not self.enabled:
+            return
+        png = io.BytesIO()
+        Image.fromarray(np.asarray(image, np.uint8)).save(png, format="PNG")
+        picture = Summary.Image(height=image.shape[0], width=image.shape[1], colorspace=3,
+                                encoded_image_string=png.getvalue())
+        self._events.add_event(Event(wall_time=time.time(), step=int(step),
+                                     summary=Summary(value=[Summary.Value(tag=tag, image=picture)])))
 
     def flush(self) -> None:
         if self.enabled:

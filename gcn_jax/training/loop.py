@@ -36,6 +36,12 @@ from gcn_jax.training.config_checks import check_config
 from gcn_jax.training.logger import MetricLogger
 
 EVAL_SCALARS = ("miou", "pixel_accuracy", "mean_class_accuracy", "boundary_accuracy", "interior_accuracy")
+TENSORBOARD_PICTURE_WIDTH = 1024  # px; a wider example grid is shrunk to it
+
+
+def class_iou_scalars(summary: dict) -> dict:
+    """{'iou/<class name>': IoU or None}, spaces in names as underscores (TensorBoard tags)."""
+    return {f"iou/{name.replace(' ', '_')}": iou for name, iou in summary["per_class_iou"].items()}
 
 
 class NonFiniteLossError(GcnError, FloatingPointError):
@@ -200,8 +206,14 @@ class _Run:
         return parallel.global_batch(self.mesh, {"image": batch["image"], "label": batch["label"]})
 
     def evaluate(self, state, step: int) -> dict:
-        summary = self.evaluator(state.variables(), self.config.eval.max_batches)
-        self.logger.write(step, {k: summary[k] for k in EVAL_SCALARS}, prefix="eval/")
+        """Evaluate, then log the split-level metrics, each class's IoU and the example picture."""
+        variables = state.variables()
+        summary, per_image = self.evaluator.evaluate(variables, self.config.eval.max_batches)
+        self.logger.write(step, {**{k: summary[k] for k in EVAL_SCALARS}, **class_iou_scalars(summary)},
+                          prefix="eval/")
+        picture = self.evaluator.example_picture(variables, per_image, max_width=TENSORBOARD_PICTURE_WIDTH)
+        if picture is not None:
+            self.logger.write_image(step, "eval/examples", picture)
         self.logger.flush()
         if jax.process_index() == 0:
             logging.info("step %d: validation\n%s", step, metrics.format_table(summary))
