@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gcn_jax.data.datasets import dataset_spec
-from gcn_jax.errors import InputError
+from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.evaluation import export
 from gcn_jax.images import IMAGENET_MEAN, IMAGENET_STD, normalize
 from gcn_jax.labels import PASCAL_PALETTE
@@ -119,6 +119,11 @@ def test_every_backbone_and_head_exports_for_symbolic_batch_height_and_width():
         classes = "uint8" if config.num_classes <= 256 else "int32"
         assert [str(a) for a in exported.out_avals] == [f"float32[batch,height,width,{config.num_classes}]",
                                                         f"{classes}[batch,height,width]"]
+
+
+def test_a_folder_without_an_export_is_named(tmp_path):
+    with pytest.raises(NotFoundError, match=f"{tmp_path / export.ARTIFACT}: no such file; export.py writes"):
+        export.load_exported(str(tmp_path))
 
 
 def test_inference_options_that_need_a_static_size_are_refused_by_config_key():
