@@ -42,7 +42,6 @@ METADATA = "metadata.json"
 FORMAT = "gcn-jax export 1"  # metadata["format"]: changes when the files or the function's signature change
 PLATFORMS = ("cpu", "cuda", "tpu")
 SYMBOLIC_DIMS = ("batch", "height", "width")
-OUTPUT_NAMES = ("logits", "classes")
 
 
 def check_options(eval_config) -> None:
