@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,7 +98,7 @@ class GCNSegmentation(nn.Module):
         x = scores[3]
         for skip, stride in zip((scores[2], scores[1], scores[0]), (16, 8, 4)):
             x = refine(upsample(x, skip.shape[1:3], stride) + skip, f"br_s{stride}")
-        half = (math.ceil(height / 2), math.ceil(width / 2))
+        half = ((height + 1) // 2, (width + 1) // 2)  # ceil(h / 2), also for symbolic sizes (jax.export)
         x = refine(upsample(x, half, 2), "br_s2")
         x = refine(upsample(x, (height, width), 1), "br_s1")
         return x.astype(jnp.float32)
