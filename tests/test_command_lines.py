@@ -99,7 +99,9 @@ def test_evaluations_with_other_options_write_their_own_file(run_40):
                                  "--checkpoint=40", *options], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        path = result.stdout.split("wrote ")[-1].strip()
+        wrote = [line.split("wrote ", 1)[1] for line in result.stdout.splitlines() if line.startswith("wrote ")]
+        path = wrote[0]  # the JSON, then its pictures
+        assert wrote[1:] == [path[:-len(".json")] + "_confusion.png", path[:-len(".json")] + "_examples.png"]
         with open(path) as f:
             written[path] = json.load(f)
     default, other = written
@@ -107,8 +109,8 @@ def test_evaluations_with_other_options_write_their_own_file(run_40):
     assert os.path.dirname(other) == workdir and os.path.basename(other).startswith("eval_40_")
     assert written[default]["options"]["scales"] == [1.0] and written[default]["options"]["flip"] is False
     assert written[other]["options"]["scales"] == [0.75, 1.0] and written[other]["options"]["flip"] is True
-    assert sorted(p for p in os.listdir(workdir) if p.startswith("eval_40")) == sorted(map(os.path.basename,
-                                                                                             written))
+    assert sorted(p for p in os.listdir(workdir) if p.startswith("eval_40") and p.endswith(".json")) == sorted(
+        map(os.path.basename, written))
 
 
 def test_the_results_name_depends_on_the_evaluation_options_alone():
