@@ -28,8 +28,9 @@ SegmentFn = Callable[..., "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 
 
 class Segmenter:
-    """Call it on an image, a batch or a list of images (see `__call__`). Built by `from_workdir`; ``step`` is
-    the checkpoint's training step and ``config`` the config it runs with."""
+    """Call it on an image, a batch or a list of images (see `__call__`). Built by `from_workdir` or
+    `from_export`; ``step`` is the checkpoint's training step and ``config`` the config it runs with (None for
+    an export, whose metadata.json holds the run's)."""
 
     def __init__(self, segment_fn: SegmentFn, class_names: Sequence[str], step: int | None = None, config=None):
         self._segment, self.class_names, self.step, self.config = segment_fn, tuple(class_names), step, config
@@ -65,6 +66,25 @@ class Segmenter:
         model, variables, step = load_variables(config, workdir, checkpoint, mesh)
         return cls(make_segment_fn(model, variables, config.eval), dataset_spec(config.data.name).class_names,
                    step, config)
+
+    @classmethod
+    def from_export(cls, folder: str) -> Segmenter:
+        """The model of an export.py folder (`gcn_jax.evaluation.export`): the plain forward pass it holds, on
+        whatever platform jax runs here. Float images are rounded to the artifact's uint8 input."""
+        from gcn_jax.evaluation.export import load_exported
+
+        exported, meta = load_exported(folder)
+        call = jax.jit(exported.call)
+
+        def segment(images: np.ndarray, probabilities: bool = False):
+            if images.dtype != np.uint8:
+                images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+            logits, classes = call(images)
+            if not probabilities:
+                return np.asarray(classes)
+            return np.asarray(classes), np.asarray(jax.nn.softmax(logits, axis=-1))
+
+        return cls(segment, meta["class_names"], meta["checkpoint_step"])
 
     @property
     def num_classes(self) -> int:

@@ -155,3 +155,18 @@ def test_a_missing_checkpoint_or_workdir_is_one_line(run_40, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: config.eval.flip = True: flip averages"), result.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_segmenter_from_the_export_predicts_as_one_from_the_run(exported_run):
+    from gcn_jax import Segmenter
+
+    config, workdir, folder = exported_run
+    images = np.random.default_rng(3).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    from_run, from_export = Segmenter.from_workdir(workdir, 40), Segmenter.from_export(folder)
+    assert from_export.class_names == from_run.class_names and from_export.step == 40
+    run_classes, run_probabilities = from_run(images, probabilities=True)
+    classes, probabilities = from_export(images, probabilities=True)
+    np.testing.assert_allclose(probabilities, run_probabilities, atol=1e-5)
+    assert classes.dtype == np.uint8 and np.mean(classes == run_classes) > 0.999  # near-ties may differ
+    np.testing.assert_array_equal(from_export(images[1]), classes[1])  # one image, not a batch
