@@ -31,6 +31,7 @@ def main(argv):
     import jax
 
     from gcn_jax import parallel
+    from gcn_jax.data.datasets import eval_dataset
     from gcn_jax.evaluation import evaluate, metrics
     from gcn_jax.training.checkpoints import load_variables
 
@@ -45,16 +46,17 @@ def main(argv):
     summary, per_image = evaluator.evaluate(variables, show_progress=True)
     seconds = time.perf_counter() - start
     examples = evaluator.example_picture(variables, per_image)  # on every process: predicted on the whole mesh
+    dataset = eval_dataset(config.data.name)  # of a mix, the last part
     if jax.process_index() == 0:
-        print(f"checkpoint step {step} of {FLAGS.workdir}; {config.data.name} {config.data.eval_split}; "
+        print(f"checkpoint step {step} of {FLAGS.workdir}; {dataset} {config.data.eval_split}; "
               f"scales {options['scales']}, flip {options['flip']}, window {options['window']}; {seconds:.1f}s")
         print(metrics.format_table(summary))
         with open(output, "w") as f:
-            json.dump({"step": step, "dataset": config.data.name, "split": config.data.eval_split,
+            json.dump({"step": step, "dataset": dataset, "split": config.data.eval_split,
                        "inference": evaluate.inference_options(config.eval), "options": options, **summary}, f,
                       indent=2)
         print(f"wrote {output}")
-        for path in write_pictures(output, summary, examples, f"{config.data.name} {config.data.eval_split}", step):
+        for path in write_pictures(output, summary, examples, f"{dataset} {config.data.eval_split}", step):
             print(f"wrote {path}")
 
 

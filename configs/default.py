@@ -33,6 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
     # ImageNet weights for the backbone (.safetensors / .npz, see README "Pretrained backbones"); unset: random init.
     config.model.pretrained = config_dict.placeholder(str)
 
+    # Start from another run's weights (the paper's staged training: configs/voc_stage*.py): parameters and BN
+    # statistics of its checkpoint `step` ('latest', 'best' or a number); optimizer, step, schedule and data
+    # position start fresh. Only when this run starts, never over its own checkpoints.
+    config.init_from = ml_collections.ConfigDict()
+    config.init_from.workdir = config_dict.placeholder(str)  # the other run's --workdir; unset: off
+    config.init_from.step = "latest"
+    config.init_from.reinit_class_layers = False  # another class count: start the arrays depending on it afresh
+
     config.crop_size = (512, 512)  # training crop (height, width); also the model summary's input size
     config.global_batch_size = 8  # examples per optimizer step over all devices and processes
     config.eval_batch_size = 8  # global batch of full-resolution validation images

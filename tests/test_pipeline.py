@@ -295,3 +295,43 @@ def test_build_command_prints_the_split_sizes(tmp_path, capsys):
     main(["synthetic_shapes/tiny", "--data_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "synthetic_shapes/tiny is ready" in out and "(train: 24, validation: 10)" in out
+
+
+# --- Several datasets as one training source ---------------------------------------------------------------------
+
+def test_a_mix_names_its_parts_and_evaluates_on_the_last():
+    assert datasets.components("voc_sbd/aug") == [("voc_sbd/aug", None)]
+    assert datasets.components("cityscapes_fine:train+synthetic_shapes/tiny") == [
+        ("cityscapes_fine", "train"), ("synthetic_shapes/tiny", None)]
+    assert datasets.eval_dataset("cityscapes_fine:train+voc_sbd/aug") == "voc_sbd/aug"
+    assert datasets.dataset_spec("voc_sbd/voc+voc_sbd/aug").num_classes == 21
+    with pytest.raises(InputError, match=r"the datasets of 'synthetic_shapes/tiny\+voc_sbd/aug' disagree on their "
+                                         r"classes: synthetic_shapes/tiny has 6 \(background, disc, .*voc_sbd/aug "
+                                         r"has 21 \(background, aeroplane"):
+        datasets.dataset_spec("synthetic_shapes/tiny+voc_sbd/aug")
+    with pytest.raises(InputError, match=r"unknown dataset 'coco'"):
+        datasets.dataset_spec("voc_sbd/aug+coco")
+    with pytest.raises(InputError, match=r"expected 'builder\[/config\]\[:split\]' parts joined by '\+'"):
+        datasets.components("voc_sbd/aug+")
+
+
+def test_a_mix_draws_every_record_of_its_parts_once_per_epoch(tiny_data_dir):
+    """A mix is one shuffled source: each part's share of the draws is its share of the records, exactly so
+    over every epoch (here 24 train + 10 validation records, each drawn once in the first 34)."""
+    mix = "synthetic_shapes/tiny:train+synthetic_shapes/tiny:validation"
+    source = datasets.load_source(mix, "ignored", tiny_data_dir, decode=False)
+    assert len(source) == 34 and source[30]["dataset"] == "synthetic_shapes/tiny:validation"
+    assert source[30]["image_id"] == datasets.load_source("synthetic_shapes/tiny", "validation",
+                                                          tiny_data_dir)[6]["image_id"]
+    loader = pipeline.train_loader(_data_config(name=mix, data_dir=tiny_data_dir), (40, 56), 2,
+                                   process_index=0, process_count=1)
+    drawn = np.concatenate([batch["index"] for batch in itertools.islice(loader, 17)])
+    assert sorted(drawn) == list(range(34))
+    assert set(drawn[:17] >= 24) == {True, False}
+
+
+def test_a_bad_record_of_a_mix_is_named_by_its_part():
+    record = {"image": b"\xff\xd8 cut", "label": b"", "image_id": b"000000139", "index": 40,
+              "dataset": "coco_voc:train"}
+    with pytest.raises(InputError, match=r"^dataset coco_voc, split train, record 40 \(image id '000000139'\)"):
+        DecodeRecord("coco_voc+voc_sbd/aug", "train").map(record)

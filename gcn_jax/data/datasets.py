@@ -4,6 +4,7 @@ random-access tfds sources. Importing this module registers the builders with tf
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,12 +30,71 @@ DATASETS = {
 }
 
 
+MIX = "+"  # 'coco_voc+voc_sbd/aug': several datasets read as one training source
+
+
+def components(name: str) -> list[tuple[str, str | None]]:
+    """The (dataset, split or None) parts of a dataset name: 'voc_sbd/aug' -> [('voc_sbd/aug', None)];
+    'cityscapes_coarse:train_extra+cityscapes_fine' -> [('cityscapes_coarse', 'train_extra'),
+    ('cityscapes_fine', None)]. A split given with ':' replaces the config's training split for that part."""
+    parts = []
+    for part in name.split(MIX):
+        dataset, _, split = part.strip().partition(":")
+        if not dataset or (":" in part and not split):
+            raise InputError(f"dataset name {name!r}: expected 'builder[/config][:split]' parts joined by '{MIX}'")
+        parts.append((dataset, split or None))
+    return parts
+
+
+def eval_dataset(name: str) -> str:
+    """The dataset a run evaluates on: the last part of a mix (the target, e.g. voc_sbd/aug of
+    'coco_voc+voc_sbd/aug'), or the dataset itself."""
+    return components(name)[-1][0]
+
+
 def dataset_spec(name: str) -> DatasetSpec:
-    """Spec of a dataset given as 'builder' or 'builder/config' (e.g. 'voc_sbd/aug')."""
-    base = name.split("/")[0].split(":")[0]
-    if base not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)} (optionally '/config')")
-    return DATASETS[base]
+    """Spec of a dataset given as 'builder' or 'builder/config' (e.g. 'voc_sbd/aug'), or of a mix of such, whose
+    parts must agree on the classes and on how stored labels map to them."""
+    specs = {}
+    for dataset, _ in components(name):
+        base = dataset.split("/")[0]
+        if base not in DATASETS:
+            raise InputError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)} (optionally "
+                             "'/config')")
+        specs[dataset] = DATASETS[base]
+    first, spec = next(iter(specs.items()))
+    for dataset, other in specs.items():
+        if other.class_names != spec.class_names or not _same_lut(other.label_lut, spec.label_lut):
+            raise InputError(f"the datasets of {name!r} disagree on their classes: {first} has {spec.num_classes} "
+                             f"({', '.join(spec.class_names)}), {dataset} has {other.num_classes} "
+                             f"({', '.join(other.class_names)})" + ("" if other.class_names != spec.class_names
+                                                                    else " with another label table"))
+    return spec
+
+
+def _same_lut(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+class MixedSource:
+    """Several random-access sources read as one: records 0 .. len(first) - 1 are the first's, and so on; each
+    record names the part it came from under 'dataset' ('coco_voc:train'). Shuffling the whole gives every
+    part its share in proportion to its size (a part named twice, twice its share)."""
+
+    def __init__(self, parts: Sequence[tuple[str, object]]):
+        self.names, self.sources = [name for name, _ in parts], [source for _, source in parts]
+        self.ends = np.cumsum([len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        part = int(np.searchsorted(self.ends, index, side="right"))
+        start = 0 if part == 0 else int(self.ends[part - 1])
+        return {**self.sources[part][index - start], "dataset": self.names[part]}
+
+    def __repr__(self) -> str:
+        return f"MixedSource({', '.join(f'{n}={source_repr(s)}' for n, s in zip(self.names, self.sources))})"
 
 
 def load_source(name: str, split: str, data_dir: str | None = None, *, decode: bool = True):
@@ -43,7 +103,16 @@ def load_source(name: str, split: str, data_dir: str | None = None, *, decode: b
 
     ``decode=False`` leaves each record's image and label as their stored bytes: the input pipeline decodes them
     itself (`transforms.DecodeRecord`), so a record that cannot be decoded is reported with its dataset, split
-    and image id rather than failing inside tfds."""
+    and image id rather than failing inside tfds.
+
+    A mix ('coco_voc+voc_sbd/aug', see `components`) is a `MixedSource` of each part's ``split`` (or the split
+    the part names)."""
+    parts = components(name)
+    if len(parts) > 1:
+        dataset_spec(name)  # the parts agree on their classes
+        return MixedSource([(f"{dataset}:{own or split}", load_source(dataset, own or split, data_dir, decode=decode))
+                            for dataset, own in parts])
+    name, split = parts[0][0], parts[0][1] or split
     spec = dataset_spec(name)
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():

@@ -24,7 +24,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from gcn_jax.data.datasets import dataset_spec, load_source, source_repr
+from gcn_jax.data.datasets import dataset_spec, eval_dataset, load_source, source_repr
 from gcn_jax.data.transforms import DecodeRecord, EvalTransform, TrainTransform
 from gcn_jax.images import size_pair
 from gcn_jax.labels import IGNORE_LABEL
@@ -116,13 +116,13 @@ def eval_loader(data_config, global_batch_size: int, *, source=None, process_ind
     _grain_flags_parsed()
     process_index, process_count = _process(process_index, process_count)
     batch = local_batch_size(global_batch_size, process_count)
-    source = load_source(d.name, d.eval_split, d.data_dir, decode=False) if source is None else source
+    source = load_source(eval_dataset(d.name), d.eval_split, d.data_dir, decode=False) if source is None else source
     indices, num_batches = eval_shard(len(source), global_batch_size, process_index, process_count)
     records = _Records(source, indices, length=num_batches * batch)
     loader = grain.DataLoader(
         data_source=records,
         sampler=grain.samplers.IndexSampler(num_records=len(records), shuffle=False, num_epochs=1),
-        operations=[DecodeRecord(d.name, d.eval_split),
+        operations=[DecodeRecord(eval_dataset(d.name), d.eval_split),
                     EvalTransform(size_pair(d.eval_pad_size, "eval_pad_size"), dataset_spec(d.name).label_lut),
                     grain.transforms.Batch(batch)],
         shard_options=grain.sharding.NoSharding(),
@@ -138,7 +138,7 @@ def eval_examples(data_config, source, indices: Sequence[int]) -> dict:
     is a padding example."""
     d = data_config
     records, padding = _Records(source), _Records(source, [], length=1)
-    decode = DecodeRecord(d.name, d.eval_split)
+    decode = DecodeRecord(eval_dataset(d.name), d.eval_split)
     prepare = EvalTransform(size_pair(d.eval_pad_size, "eval_pad_size"), dataset_spec(d.name).label_lut)
     elements = [prepare.map(decode.map(records[int(i)] if i >= 0 else padding[0])) for i in indices]
     return {key: np.stack([e[key] for e in elements]) for key in ("image", "label", "mask", "index")}

@@ -77,8 +77,9 @@ class DecodeRecord(grain.transforms.Map):
     same record with 'image' uint8 RGB (height, width, 3) and 'label' uint8 (height, width, 1).
 
     A record that cannot be decoded, or whose image and label differ in size, is an InputError naming the dataset,
-    split and image id, not an error deep inside a later transform. Fields already decoded (a source read
-    decoded, the pipeline's padding records) pass as they are.
+    split and image id (of the part a record of a `datasets.MixedSource` names under 'dataset'), not an error
+    deep inside a later transform. Fields already decoded (a source read decoded, the pipeline's padding
+    records) pass as they are.
     """
 
     def __init__(self, dataset: str, split: str):
@@ -94,6 +95,7 @@ class DecodeRecord(grain.transforms.Map):
         if image.shape[:2] != label.shape[:2]:
             raise InputError(f"{self._record(element)}: the image is {image.shape[0]}x{image.shape[1]} but the label "
                              f"is {label.shape[0]}x{label.shape[1]} (height x width). {self._advice}")
+        element = {key: value for key, value in element.items() if key != "dataset"}
         return {**element, "image": image, "label": label}
 
     def _check(self, decoded: np.ndarray | None, element: dict, what: str, expected: str, size: int) -> np.ndarray:
@@ -105,7 +107,8 @@ class DecodeRecord(grain.transforms.Map):
     def _record(self, element: dict) -> str:
         image_id = element["image_id"]
         image_id = image_id.decode(errors="replace") if isinstance(image_id, bytes) else str(image_id)
-        return f"dataset {self.dataset}, split {self.split}, record {element['index']} (image id {image_id!r})"
+        dataset, split = (element["dataset"].rsplit(":", 1) if "dataset" in element else (self.dataset, self.split))
+        return f"dataset {dataset}, split {split}, record {element['index']} (image id {image_id!r})"
 
     @property
     def _advice(self) -> str:

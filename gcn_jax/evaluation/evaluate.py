@@ -13,7 +13,7 @@ import numpy as np
 
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
-from gcn_jax.data.datasets import dataset_spec, load_source
+from gcn_jax.data.datasets import dataset_spec, eval_dataset, load_source
 from gcn_jax.errors import InputError
 from gcn_jax.evaluation import inference, metrics, pictures
 from gcn_jax.progress import progress
@@ -113,9 +113,9 @@ class Evaluator:
 
     def __init__(self, config, model, mesh):
         d = config.data
-        self.mesh, self.dataset, self.config = mesh, f"{d.name} {d.eval_split}", config
+        self.mesh, self.dataset, self.config = mesh, f"{eval_dataset(d.name)} {d.eval_split}", config
         self.class_names = dataset_spec(d.name).class_names
-        self.source = load_source(d.name, d.eval_split, d.data_dir, decode=False)
+        self.source = load_source(eval_dataset(d.name), d.eval_split, d.data_dir, decode=False)
         self.loader, self.num_batches = pipeline.eval_loader(d, config.eval_batch_size, source=self.source)
         self.step = make_eval_step(model, mesh, len(self.class_names), config.eval)
         self.predict = make_predict_step(model, mesh, config.eval)

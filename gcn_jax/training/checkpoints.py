@@ -239,7 +239,8 @@ def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
             if hasattr(leaf, "shape")}
 
 
-def _grouped_by_module(names, where: str) -> list[str]:
+def grouped_by_module(names, where: str) -> list[str]:
+    """Lines '  module (leaf, leaf): where' for array names 'collection/module/.../leaf', at most 20 modules."""
     modules: dict[str, list[str]] = {}
     for name in sorted(names):
         module, _, leaf = name.rpartition("/")
@@ -279,6 +280,12 @@ def _saved_state_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
     return saved
 
 
+def saved_variable_shapes(manager: ocp.CheckpointManager, step: int) -> dict:
+    """{'params', 'batch_stats'}: the step's array metadata (shape, dtype) as saved, read without the arrays."""
+    saved = _saved_state_metadata(manager, step)
+    return {key: saved.get(key, {}) for key in ("params", "batch_stats")}
+
+
 def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict) -> None:
     """Raise `CheckpointMismatchError` listing every array of ``target`` (a dict of parts of the train state)
     whose shape differs from the checkpoint's, or that exists on one side only. Parameters are compared first:
@@ -294,8 +301,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict) ->
     what = "optimizer" if key == "opt_state" else "model"
     lines = [f"checkpoint {manager.directory}/{step} does not fit the config's {what}:"]
     lines += [f"  {k}: checkpoint has shape {have[k]}, the config builds {want[k]}" for k in mismatched[:20]]
-    lines += _grouped_by_module(set(want) - set(have), "in the config's model, not in the checkpoint")
-    lines += _grouped_by_module(set(have) - set(want), "in the checkpoint, not in the config's model")
+    lines += grouped_by_module(set(want) - set(have), "in the config's model, not in the checkpoint")
+    lines += grouped_by_module(set(have) - set(want), "in the checkpoint, not in the config's model")
     if len(mismatched) > 20:
         lines.append(f"  ... {len(mismatched)} arrays of another shape in all")
     lines.append("Use the config this run was trained with (same model.backbone, model.kernel_size, "

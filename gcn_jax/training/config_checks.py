@@ -14,6 +14,7 @@ from gcn_jax.evaluation.pictures import check_example_count
 from gcn_jax.images import size_pair
 from gcn_jax.models import build_model, check_weights_file
 from gcn_jax.training.checkpoints import check_retention
+from gcn_jax.training.init_from import check_init_from
 from gcn_jax.training.optimizer import check_optimizer, valid_grad_accum_steps
 
 
@@ -59,6 +60,8 @@ def _training_problems(config, num_devices: int, process_count: int) -> list[str
     problems += _problem("crop_size", size_pair, config.crop_size, "crop_size")
     if config.model.pretrained:
         problems += _problem("model.pretrained", check_weights_file, config.model.pretrained)
+    if config.init_from.workdir:
+        problems += _problem("init_from", check_init_from, config.init_from, config.model.pretrained)
     accum = config.optimizer.grad_accum_steps
     accum = accum if valid_grad_accum_steps(accum) else 1  # an invalid value is reported above
     problems += _batch_problems("global_batch_size", config.global_batch_size, num_devices, process_count, accum)

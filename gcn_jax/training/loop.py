@@ -26,12 +26,12 @@ from jax.experimental import multihost_utils
 
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
-from gcn_jax.data.datasets import load_source
+from gcn_jax.data.datasets import eval_dataset, load_source
 from gcn_jax.errors import EXIT_INTERRUPTED, EXIT_NON_FINITE, GcnError, first_line
 from gcn_jax.evaluation import metrics
 from gcn_jax.evaluation.evaluate import Evaluator
 from gcn_jax.models import build_model
-from gcn_jax.training import checkpoints, optimizer, state as state_lib, workdir_lock
+from gcn_jax.training import checkpoints, init_from, optimizer, state as state_lib, workdir_lock
 from gcn_jax.training.config_checks import check_config
 from gcn_jax.training.logger import MetricLogger
 
@@ -273,7 +273,7 @@ def _prepare_data(config) -> None:
     if jax.process_count() > 1:
         if jax.process_index() == 0:
             load_source(config.data.name, config.data.train_split, config.data.data_dir)
-            load_source(config.data.name, config.data.eval_split, config.data.data_dir)
+            load_source(eval_dataset(config.data.name), config.data.eval_split, config.data.data_dir)
         multihost_utils.sync_global_devices("datasets ready")
 
 
@@ -292,7 +292,10 @@ def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
     manager = checkpoints.make_manager(workdir, config.checkpoint.keep_latest, config.checkpoint.keep_best)
     step = 0  # where the run starts: records a killed run logged after it are dropped
     if manager.latest_step() is None:
-        state = state_lib.create_train_state(config, mesh, tx)
+        variables = state_lib.init_variables(model, config, config.seed)
+        if config.init_from.workdir:  # a new run only: a resumed one restores its own checkpoint below
+            variables = init_from.initial_variables(config, mesh, variables)
+        state = state_lib.create_train_state(config, mesh, tx, variables)
     else:  # a damaged newest step is moved aside and the newest intact one used
         state, step = checkpoints.restore_newest_intact(
             manager, state_lib.train_state_shapes(config, mesh, tx), train_iter,

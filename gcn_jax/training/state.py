@@ -51,9 +51,11 @@ def init_variables(model, config, seed: int) -> dict:
     return variables
 
 
-def create_train_state(config, mesh, tx) -> TrainState:
-    """A replicated train state on ``mesh``."""
-    variables = init_variables(build_model(config.model), config, config.seed)
+def create_train_state(config, mesh, tx, variables: dict | None = None) -> TrainState:
+    """A replicated train state on ``mesh`` at step 0 with a fresh optimizer state: of ``variables`` (host
+    arrays, e.g. another run's weights), or of `init_variables`."""
+    if variables is None:
+        variables = init_variables(build_model(config.model), config, config.seed)
     host = {"step": np.zeros((), np.int32), "params": variables["params"],
             "batch_stats": variables.get("batch_stats", {})}
     placed = parallel.replicate(mesh, host)
