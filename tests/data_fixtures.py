@@ -127,6 +127,37 @@ def write_cityscapes_zips(root: str, seed: int = 0) -> dict:
     return {"images": images, "label_ids": label_ids}
 
 
+CITYSCAPES_EXTRA = ["augsburg_000000_000000", "augsburg_000000_000001", "konstanz_000000_000022"]
+
+
+def write_cityscapes_coarse_zips(root: str, seed: int = 0) -> dict:
+    """Writes the zips of `write_cityscapes_zips`, leftImg8bit_trainextra.zip and gtCoarse.zip (coarse labels of the
+    train, val and train_extra images, each holding all 34 label ids, none equal to the fine ones). Returns
+    {'images': {id: array}, 'label_ids': {id: coarse mask}, 'fine_label_ids': {id: fine mask}}."""
+    fine = write_cityscapes_zips(root, seed)
+    rng = np.random.default_rng(seed + 1)
+    images, label_ids = dict(fine["images"]), {}
+    with zipfile.ZipFile(os.path.join(root, "leftImg8bit_trainextra.zip"), "w") as ze, \
+            zipfile.ZipFile(os.path.join(root, "gtCoarse.zip"), "w") as zl:
+        ze.writestr("README", "fixture")
+        for split, ids in (("train", CITYSCAPES_SPLITS["train"]), ("val", CITYSCAPES_SPLITS["val"]),
+                           ("train_extra", CITYSCAPES_EXTRA)):
+            for image_id in ids:
+                city = image_id.split("_")[0]
+                if split == "train_extra":
+                    images[image_id] = img = rng.integers(0, 256, (10, 36 + len(label_ids), 3), dtype=np.uint8)
+                    ze.writestr(f"leftImg8bit/train_extra/{city}/{image_id}_leftImg8bit.png", _png(img))
+                h, w = images[image_id].shape[:2]
+                ids_mask = rng.integers(0, 34, (h, w), dtype=np.uint8)
+                ids_mask[0, :34] = np.arange(34)[::-1]  # every label id at least once, not where the fine ones are
+                label_ids[image_id] = ids_mask
+                prefix = f"gtCoarse/{split}/{city}/{image_id}_gtCoarse"
+                zl.writestr(prefix + "_labelIds.png", _png(ids_mask))
+                zl.writestr(prefix + "_color.png", _png(images[image_id]))
+                zl.writestr(prefix + "_polygons.json", "{}")
+    return {"images": images, "label_ids": label_ids, "fine_label_ids": fine["label_ids"]}
+
+
 # COCO 2017: category ids and names as in instances_*2017.json (the 20 that are VOC classes and four that are not).
 COCO_CATEGORIES = {1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
                    9: "boat", 16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 44: "bottle",

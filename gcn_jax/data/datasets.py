@@ -26,6 +26,7 @@ DATASETS = {
     "voc_sbd": DatasetSpec(voc_sbd.NUM_CLASSES, voc_sbd.CLASS_NAMES),
     "coco_voc": DatasetSpec(coco_voc.NUM_CLASSES, coco_voc.CLASS_NAMES),
     "cityscapes_fine": DatasetSpec(cityscapes.NUM_CLASSES, cityscapes.CLASS_NAMES, cityscapes.TRAIN_ID_LUT),
+    "cityscapes_coarse": DatasetSpec(cityscapes.NUM_CLASSES, cityscapes.CLASS_NAMES, cityscapes.TRAIN_ID_LUT),
     "synthetic_shapes": DatasetSpec(synthetic.NUM_CLASSES, synthetic.CLASS_NAMES, generated=True),
 }
 
