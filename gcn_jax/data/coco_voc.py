@@ -1,5 +1,5 @@
 """COCO 2017 images that show PASCAL VOC's 20 classes, with masks in VOC's class ids (`coco_voc`): the extra data
-of the paper's first VOC training stage (Sec. 4.1.3, Table 7).
+of the paper's first VOC training stage (Table 7, stage 1).
 
 manual_dir holds COCO 2017 as it extracts:
 
