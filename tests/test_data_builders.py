@@ -256,16 +256,15 @@ def test_cityscapes_builds_from_the_zips(cityscapes_built):
             np.testing.assert_array_equal(ex["label"][..., 0], written["label_ids"][image_id])  # label ids kept
 
 
-def test_cityscapes_pipeline_maps_every_label_id_to_its_train_id(cityscapes_built):
-    data_dir, written = cityscapes_built
-    src = tfds.builder("cityscapes_fine", data_dir=data_dir).as_data_source()["train"]
+def _assert_pipeline_maps_label_ids_to_train_ids(name: str, src, label_ids: dict) -> None:
+    """The evaluation loader of dataset ``name`` turns every label id of ``src``'s masks into its train id."""
     data = default.get_config().data
-    data.update(name="cityscapes_fine", eval_pad_size=(16, 48), worker_count=0)
+    data.update(name=name, eval_pad_size=(16, 48), worker_count=0)
     loader, _ = eval_loader(data, len(src), source=src, process_index=0, process_count=1)
     (batch,) = list(loader)
     checked = set()
     for row, index in enumerate(batch["index"]):
-        ids = written["label_ids"][src[int(index)]["image_id"].decode()]
+        ids = label_ids[src[int(index)]["image_id"].decode()]
         h, w = ids.shape
         got = batch["label"][row, :h, :w]
         for label_id in range(34):
@@ -273,6 +272,12 @@ def test_cityscapes_pipeline_maps_every_label_id_to_its_train_id(cityscapes_buil
             assert np.all(got[ids == label_id] == expected), f"label id {label_id}"
             checked.add(label_id)
     assert checked == set(range(34))
+
+
+def test_cityscapes_pipeline_maps_every_label_id_to_its_train_id(cityscapes_built):
+    data_dir, written = cityscapes_built
+    src = tfds.builder("cityscapes_fine", data_dir=data_dir).as_data_source()["train"]
+    _assert_pipeline_maps_label_ids_to_train_ids("cityscapes_fine", src, written["label_ids"])
 
 
 @pytest.mark.parametrize("zip_name", [cityscapes.IMAGES_ZIP, cityscapes.LABELS_ZIP])
@@ -332,6 +337,57 @@ def test_cityscapes_member_with_damaged_bytes_is_named_with_its_zip(tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(InputError, match=f"^{re.escape(path)}:{re.escape(member)}: cannot be read.*CRC"):
         build("cityscapes_fine", manual_dir=root, data_dir=str(tmp_path / "out"))
+
+
+@pytest.fixture(scope="module")
+def cityscapes_coarse_built(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cs_coarse_raw"))
+    written = fx.write_cityscapes_coarse_zips(root)
+    data_dir = str(tmp_path_factory.mktemp("cs_coarse_tfds"))
+    build("cityscapes_coarse", manual_dir=root, data_dir=data_dir)
+    return root, data_dir, written
+
+
+def test_cityscapes_coarse_builds_from_the_zips(cityscapes_coarse_built):
+    """train and validation: the fine images with their coarse labels; train_extra: the extra zip's images."""
+    _, data_dir, written = cityscapes_coarse_built
+    src = tfds.builder("cityscapes_coarse", data_dir=data_dir).as_data_source()
+    assert sorted(src) == ["train", "train_extra", "validation"]
+    for split, ids in (("train", fx.CITYSCAPES_SPLITS["train"]), ("validation", fx.CITYSCAPES_SPLITS["val"]),
+                       ("train_extra", fx.CITYSCAPES_EXTRA)):
+        got = _by_id(src[split])
+        assert sorted(got) == sorted(ids)
+        for image_id, ex in got.items():
+            np.testing.assert_array_equal(ex["image"], written["images"][image_id])
+            np.testing.assert_array_equal(ex["label"][..., 0], written["label_ids"][image_id])  # the coarse ids
+            if image_id in written["fine_label_ids"]:
+                assert not np.array_equal(written["label_ids"][image_id], written["fine_label_ids"][image_id])
+
+
+def test_cityscapes_coarse_pipeline_maps_every_label_id_to_its_train_id(cityscapes_coarse_built):
+    _, data_dir, written = cityscapes_coarse_built
+    src = tfds.builder("cityscapes_coarse", data_dir=data_dir).as_data_source()["train_extra"]
+    _assert_pipeline_maps_label_ids_to_train_ids("cityscapes_coarse", src, written["label_ids"])
+
+
+def test_cityscapes_coarse_missing_zip_or_label_is_named(cityscapes_coarse_built, tmp_path):
+    root = str(tmp_path / "raw")
+    shutil.copytree(cityscapes_coarse_built[0], root)
+    coarse = os.path.join(root, cityscapes.COARSE_LABELS_ZIP)
+    member = f"gtCoarse/train_extra/konstanz/{fx.CITYSCAPES_EXTRA[2]}_gtCoarse_labelIds.png"
+    with zipfile.ZipFile(coarse) as z:
+        contents = {name: z.read(name) for name in z.namelist() if name != member}
+    with zipfile.ZipFile(coarse, "w") as z:
+        for name, content in contents.items():
+            z.writestr(name, content)
+    with pytest.raises(common.MissingFilesError, match=f"^1 label files of the train_extra split are missing from "
+                                                       f"{re.escape(coarse)}, e.g. {re.escape(member)}$"):
+        build("cityscapes_coarse", manual_dir=root, data_dir=str(tmp_path / "out"))
+    extra = os.path.join(root, cityscapes.EXTRA_IMAGES_ZIP)
+    os.remove(extra)
+    missing_zip = f"^1 of 3 Cityscapes zip files missing.*:\n  {re.escape(extra)}"
+    with pytest.raises(common.MissingFilesError, match=missing_zip):
+        build("cityscapes_coarse", manual_dir=root, data_dir=str(tmp_path / "out"))
 
 
 def test_synthetic_is_deterministic_per_seed_and_differs_across_seeds():

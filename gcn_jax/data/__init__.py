@@ -1,2 +1,3 @@
-"""Datasets and the input pipeline: tfds builders (`voc_sbd`, `cityscapes_fine`, `synthetic_shapes`, registered
-with tfds by importing `gcn_jax.data.datasets`), per-example transforms and the grain loaders (`pipeline`)."""
+"""Datasets and the input pipeline: tfds builders (`voc_sbd`, `coco_voc`, `cityscapes_fine`, `cityscapes_coarse`,
+`synthetic_shapes`, registered with tfds by importing `gcn_jax.data.datasets`), per-example transforms and the
+grain loaders (`pipeline`)."""

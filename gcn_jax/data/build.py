@@ -2,6 +2,7 @@
 
     python -m gcn_jax.data.build voc_sbd/aug --manual_dir ~/data/voc --data_dir ~/tensorflow_datasets
     python -m gcn_jax.data.build cityscapes_fine --manual_dir ~/data/cityscapes
+    python -m gcn_jax.data.build coco_voc --manual_dir ~/data/coco
     python -m gcn_jax.data.build synthetic_shapes/default
 
 tfds's own `tfds build --imports gcn_jax.data.datasets voc_sbd/aug --manual_dir ...` does the same where
@@ -99,7 +100,8 @@ def _put_back_interrupted_swaps(data_dir_root: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", help="voc_sbd/voc, voc_sbd/aug, cityscapes_fine, synthetic_shapes/default, ...")
+    parser.add_argument("name", help="voc_sbd/voc, voc_sbd/aug, coco_voc, cityscapes_fine, cityscapes_coarse, "
+                                     "synthetic_shapes/default, ...")
     parser.add_argument("--manual_dir", help="folder with the raw files (not needed for synthetic_shapes)")
     parser.add_argument("--data_dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--overwrite", action="store_true",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gcn_jax.data import cityscapes, synthetic, voc_sbd
+from gcn_jax.data import cityscapes, coco_voc, synthetic, voc_sbd
 from gcn_jax.errors import InputError, NotFoundError
 
 
@@ -25,7 +25,9 @@ class DatasetSpec:
 
 DATASETS = {
     "voc_sbd": DatasetSpec(voc_sbd.NUM_CLASSES, voc_sbd.CLASS_NAMES),
+    "coco_voc": DatasetSpec(coco_voc.NUM_CLASSES, coco_voc.CLASS_NAMES),
     "cityscapes_fine": DatasetSpec(cityscapes.NUM_CLASSES, cityscapes.CLASS_NAMES, cityscapes.TRAIN_ID_LUT),
+    "cityscapes_coarse": DatasetSpec(cityscapes.NUM_CLASSES, cityscapes.CLASS_NAMES, cityscapes.TRAIN_ID_LUT),
     "synthetic_shapes": DatasetSpec(synthetic.NUM_CLASSES, synthetic.CLASS_NAMES, generated=True),
 }
 
