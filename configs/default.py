@@ -87,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.examples_worst = 4
 
     # Input pipeline (gcn_jax/data). Datasets are tfds builders: voc_sbd/voc, voc_sbd/aug, cityscapes_fine,
-    # synthetic_shapes/default, synthetic_shapes/flat, synthetic_shapes/tiny.
+    # cityscapes_coarse, coco_voc, synthetic_shapes/default, synthetic_shapes/flat, synthetic_shapes/tiny; or a
+    # mix of them, 'coco_voc+voc_sbd/aug' (parts may name their training split: 'cityscapes_coarse:train_extra'),
+    # evaluated on the last part.
     config.data = ml_collections.ConfigDict()
     config.data.name = "voc_sbd/aug"
     config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets

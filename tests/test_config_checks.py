@@ -42,3 +42,27 @@ def test_an_unreadable_weights_file_is_named_before_any_data_is_loaded(data_dir,
     config = tiny_config(data_dir, **{"model.pretrained": str(weights)})
     with pytest.raises(ConfigError, match=r"config.model.pretrained: .*" + expected):
         check_config(config, 4)
+
+
+def test_the_stage_configs_chain_and_pass_the_checks_on_8_devices(tmp_path, monkeypatch):
+    """configs/voc_stage{1,2,3}.py and cityscapes_stage{1,2}.py: each later stage starts from the previous run's
+    best checkpoint (the README's workdirs), and each is a valid training config once that run exists."""
+    from configs import cityscapes_stage1, cityscapes_stage2, voc_stage1, voc_stage2, voc_stage3
+    from gcn_jax.data.datasets import components, eval_dataset
+
+    monkeypatch.chdir(tmp_path)
+    stages = {"voc": [voc_stage1, voc_stage2, voc_stage3], "cityscapes": [cityscapes_stage1, cityscapes_stage2]}
+    for name, modules in stages.items():
+        configs = [m.get_config() for m in modules]
+        assert configs[0].init_from.workdir is None
+        for stage, config in enumerate(configs[1:], 1):
+            assert (config.init_from.workdir, config.init_from.step) == (f"runs/{name}_stage{stage}", "best")
+            os.makedirs(f"runs/{name}_stage{stage}/checkpoints", exist_ok=True)
+        for config in configs:
+            check_config(config, 8)  # every dataset and class count, batch, k, optimizer
+    assert components(voc_stage1.get_config().data.name) == [("coco_voc", None), ("voc_sbd/aug", None)]
+    assert eval_dataset(voc_stage1.get_config().data.name) == "voc_sbd/aug"
+    assert voc_stage1.get_config().crop_size == (640, 640) and voc_stage2.get_config().crop_size == (512, 512)
+    assert voc_stage3.get_config().data.name == "voc_sbd/voc"
+    assert components(cityscapes_stage1.get_config().data.name) == [("cityscapes_coarse", "train_extra"),
+                                                                    ("cityscapes_fine", None)]
