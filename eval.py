@@ -8,6 +8,7 @@ image, label, prediction, errors).
     python eval.py --config configs/synthetic.py --workdir runs/demo
     python eval.py --config configs/voc.py --workdir runs/voc --checkpoint=best \\
         --config.eval.scales=0.5,0.75,1.0,1.25,1.5,1.75 --config.eval.flip=True
+    python eval.py --workdir runs/voc --config.eval.crf=True    # + dense CRF (pip install -r requirements-crf.txt)
     python eval.py --config configs/cityscapes.py --workdir runs/cityscapes      # sliding 1024x1024 windows
 """
 
@@ -47,7 +48,8 @@ def main(argv):
     examples = evaluator.example_picture(variables, per_image)  # on every process: predicted on the whole mesh
     if jax.process_index() == 0:
         print(f"checkpoint step {step} of {FLAGS.workdir}; {config.data.name} {config.data.eval_split}; "
-              f"scales {options['scales']}, flip {options['flip']}, window {options['window']}; {seconds:.1f}s")
+              f"scales {options['scales']}, flip {options['flip']}, window {options['window']}, "
+              f"CRF {'on' if options['crf'] else 'off'}; {seconds:.1f}s")
         print(metrics.format_table(summary))
         with open(output, "w") as f:
             json.dump({"step": step, "dataset": config.data.name, "split": config.data.eval_split,

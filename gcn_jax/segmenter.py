@@ -101,7 +101,8 @@ class Segmenter:
         - a list of images, which may differ in size -> a list of uint8 (height, width), each predicted alone.
 
         With ``probabilities=True`` each result comes as (class map, probabilities float32 (..., classes)):
-        the softmax of the logits, or the mean over scales and flips under multi-scale inference."""
+        the softmax of the logits, or the mean over scales and flips under multi-scale inference; with the dense
+        CRF on (``config.eval.crf``), the CRF's marginals, whose argmax the class map is."""
         if isinstance(images, (list, tuple)):
             return [self(image, probabilities) for image in images]
         batch = _as_rgb(images)
