@@ -206,6 +206,7 @@ def test_eval_py_with_crf_records_it_and_segmenter_predicts_with_it(run_40, tmp_
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "CRF on" in result.stdout
     written = json.loads(output.read_text())
     assert written["options"]["crf"] == {"iterations": 10, "pos_weight": 3.0, "pos_xy_std": 1.0, "bi_weight": 4.0,
                                          "bi_xy_std": 20.0, "bi_rgb_std": 3.0}
@@ -223,3 +224,4 @@ def test_eval_py_with_crf_records_it_and_segmenter_predicts_with_it(run_40, tmp_
         np.testing.assert_allclose(marginals[k], expected, atol=1e-5)
         np.testing.assert_array_equal(masks[k], expected.argmax(-1))
     np.testing.assert_array_equal(with_crf(images[0]), masks[0])
+
