@@ -15,7 +15,7 @@ from configs import default, synthetic
 from gcn_jax import Segmenter, parallel
 from gcn_jax.data.datasets import load_source
 from gcn_jax.errors import InputError
-from gcn_jax.evaluation import crf, evaluate, metrics, prediction
+from gcn_jax.evaluation import crf, evaluate, export, metrics, prediction
 from gcn_jax.evaluation.evaluate import Evaluator, evaluation_options, results_name
 from gcn_jax.images import normalize
 from gcn_jax.training.checkpoints import load_variables
@@ -132,6 +132,13 @@ def test_eval_py_stops_before_loading_a_checkpoint_when_pydensecrf2_is_missing(t
     assert result.returncode == 2, result.stderr[-3000:]
     assert ("config.eval.crf: the dense CRF needs the optional package pydensecrf2, which does not import here "
             "(hidden by the test); install it with: pip install -r requirements-crf.txt") in result.stderr
+
+
+def test_export_refuses_the_crf_it_cannot_hold():
+    with pytest.raises(InputError, match=r"config.eval.crf = True: the dense CRF runs on the host after the network "
+                       r".*override with --config.eval.crf=False"):
+        export.check_options(_crf_config(synthetic.get_config()).eval)
+    export.check_options(synthetic.get_config().eval)
 
 
 def _old_eval_step(model, mesh, num_classes, eval_config):
