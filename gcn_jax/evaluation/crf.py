@@ -61,6 +61,13 @@ def check_params(params) -> None:
             raise ValueError(f"{name} = {value!r}: expected a kernel weight >= 0")
 
 
+def check(params) -> None:
+    """What evaluation and prediction check before they start with the CRF on: `check_params`, then
+    `check_installed` (the config check reports each under its own key)."""
+    check_params(params)
+    check_installed()
+
+
 def refine(image: np.ndarray, probabilities: np.ndarray, params) -> np.ndarray:
     """The CRF's mean-field marginals, float32 (height, width, classes), for an RGB ``image`` uint8 (height,
     width, 3) and the network's ``probabilities`` float32 (height, width, classes); ``params`` as in

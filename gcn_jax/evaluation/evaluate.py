@@ -161,8 +161,7 @@ class Evaluator:
         self.source = load_source(d.name, d.eval_split, d.data_dir, decode=False)
         self.loader, self.num_batches = pipeline.eval_loader(d, config.eval_batch_size, source=self.source)
         if config.eval.crf:
-            crf.check_params(config.eval.crf_params)
-            crf.check_installed()
+            crf.check(config.eval.crf_params)
             self.probabilities = make_probability_step(model, mesh, config.eval)
             self.example_probabilities = make_probability_step(model, mesh, config.eval, replicated=True)
             self.count = make_count_step(mesh, len(self.class_names), config.eval)

@@ -123,8 +123,7 @@ def make_segment_fn(model, variables, eval_config):
 
     if not eval_config.crf:
         return run
-    crf.check_params(eval_config.crf_params)
-    crf.check_installed()
+    crf.check(eval_config.crf_params)
 
     def run_with_crf(images: np.ndarray, probabilities: bool = False):
         _, network = run(images, probabilities=True)
