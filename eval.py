@@ -8,6 +8,7 @@ image, label, prediction, errors).
     python eval.py --config configs/synthetic.py --workdir runs/demo
     python eval.py --config configs/voc.py --workdir runs/voc --checkpoint=best \\
         --config.eval.scales=0.5,0.75,1.0,1.25,1.5,1.75 --config.eval.flip=True
+    python eval.py --workdir runs/voc --config.eval.crf=True    # + dense CRF (pip install -r requirements-crf.txt)
     python eval.py --config configs/cityscapes.py --workdir runs/cityscapes      # sliding 1024x1024 windows
 """
 
@@ -49,7 +50,8 @@ def main(argv):
     dataset = eval_dataset(config.data.name)  # of a mix, the last part
     if jax.process_index() == 0:
         print(f"checkpoint step {step} of {FLAGS.workdir}; {dataset} {config.data.eval_split}; "
-              f"scales {options['scales']}, flip {options['flip']}, window {options['window']}; {seconds:.1f}s")
+              f"scales {options['scales']}, flip {options['flip']}, window {options['window']}, "
+              f"CRF {'on' if options['crf'] else 'off'}; {seconds:.1f}s")
         print(metrics.format_table(summary))
         with open(output, "w") as f:
             json.dump({"step": step, "dataset": dataset, "split": config.data.eval_split,

@@ -5,9 +5,9 @@
 
 For every image: <output>/<name>_mask.png (a VOC-format palette PNG: pixel values are class indices, viewers
 show the PASCAL colours) and <name>_overlay.png (the colours blended over the image). Inference follows
-config.eval (e.g. --config.eval.flip=True). For the benchmarks' test servers, --format=voc writes
-<output>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png and --format=cityscapes <output>/<name>.png of
-Cityscapes label ids (gcn_jax/evaluation/prediction.py).
+config.eval (e.g. --config.eval.flip=True; --config.eval.crf=True adds the dense CRF, README "Evaluation"). For
+the benchmarks' test servers, --format=voc writes <output>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png
+and --format=cityscapes <output>/<name>.png of Cityscapes label ids (gcn_jax/evaluation/prediction.py).
 """
 
 import os

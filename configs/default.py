@@ -81,6 +81,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.window_stride = ()  # window step (height, width); empty: half the window
     config.eval.boundary_width = 7  # Table 5: boundary = pixels within 7 px of a label edge
     config.eval.max_batches = 0  # limit for evaluations during training (0: the whole split)
+    # Dense-CRF post-processing of the probabilities (Table 7's "+CRF"; gcn_jax/evaluation/crf.py), on the host,
+    # image by image; needs `pip install -r requirements-crf.txt`. The paper gives no CRF parameters: these are
+    # DeepLab-v2's published ResNet-101 VOC values (liangchiehchen.com/projects/DeepLabv2_resnet.html: bi_w 4,
+    # bi_xy_std 67, bi_rgb_std 3, pos_w 3, pos_xy_std 1) and its 10 mean-field iterations (Chen et al., TPAMI
+    # 2017, Sec. 4.1).
+    config.eval.crf = False
+    config.eval.crf_params = ml_collections.ConfigDict()
+    config.eval.crf_params.iterations = 10  # mean-field steps
+    config.eval.crf_params.bi_weight = 4.0  # w1, the appearance (bilateral) kernel
+    config.eval.crf_params.bi_xy_std = 67.0  # its spatial standard deviation, pixels
+    config.eval.crf_params.bi_rgb_std = 3.0  # its colour standard deviation, levels of 0-255
+    config.eval.crf_params.pos_weight = 3.0  # w2, the smoothness (Gaussian) kernel
+    config.eval.crf_params.pos_xy_std = 1.0  # its spatial standard deviation, pixels
     # Example pictures (eval.py's <stem>_examples.png, TensorBoard's eval/examples during training): records drawn
     # with a fixed seed, the same for every checkpoint, and the worst by pixel accuracy. 0 and 0: no pictures.
     config.eval.examples_random = 4

@@ -114,3 +114,10 @@ def all_processes_say(flag: bool) -> bool:
 def fetch(tree):
     """Replicated global arrays -> numpy on every process (each reads its own copy; no communication)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def fetch_local(x: jax.Array) -> np.ndarray:
+    """A global array sharded over the data axis -> numpy of this process's rows, in the order of the local slice
+    `global_batch` made it from (the addressable shards sorted by their place in the global batch)."""
+    shards = sorted(x.addressable_shards, key=lambda shard: shard.index[0].start or 0)
+    return np.concatenate([np.asarray(shard.data) for shard in shards])

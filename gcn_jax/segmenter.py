@@ -6,8 +6,8 @@
     masks, probabilities = segmenter(batch, probabilities=True)  # (batch, h, w), (batch, h, w, classes)
     print(segmenter.class_names[mask[120, 200]])
 
-Inference follows the run's ``config.eval`` (multi-scale, flip, sliding window) unless ``from_workdir`` is told
-otherwise; images and lists of images are predicted exactly as predict.py predicts them.
+Inference follows the run's ``config.eval`` (multi-scale, flip, sliding window, dense CRF) unless ``from_workdir``
+is told otherwise; images and lists of images are predicted exactly as predict.py predicts them.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ class Segmenter:
 
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str | int = "latest", *, config=None, scales=None, flip=None,
-                     window=None, stride=None) -> Segmenter:
+                     window=None, stride=None, crf=None) -> Segmenter:
         """The model of a training run's checkpoint ('latest', 'best' or a step number).
 
         ``config`` defaults to the one the run saved (``<workdir>/config.json``); ``scales``, ``flip``,
-        ``window`` and ``stride`` replace its ``config.eval`` options when given (a window without a stride
-        steps by half the window, as in eval.py)."""
+        ``window``, ``stride`` and ``crf`` (the dense CRF, with ``config.eval.crf_params``) replace its
+        ``config.eval`` options when given (a window without a stride steps by half the window, as in eval.py)."""
         from gcn_jax import parallel
         from gcn_jax.data.datasets import dataset_spec
         from gcn_jax.evaluation.prediction import make_segment_fn
@@ -56,6 +56,8 @@ class Segmenter:
             config.eval.scales = tuple(float(s) for s in np.atleast_1d(scales))
         if flip is not None:
             config.eval.flip = bool(flip)
+        if crf is not None:
+            config.eval.crf = bool(crf)
         if window is not None:
             config.eval.window_size = size_pair(window, "window")
             config.eval.window_stride = () if stride is None else size_pair(stride, "stride")
@@ -99,7 +101,8 @@ class Segmenter:
         - a list of images, which may differ in size -> a list of uint8 (height, width), each predicted alone.
 
         With ``probabilities=True`` each result comes as (class map, probabilities float32 (..., classes)):
-        the softmax of the logits, or the mean over scales and flips under multi-scale inference."""
+        the softmax of the logits, or the mean over scales and flips under multi-scale inference; with the dense
+        CRF on (``config.eval.crf``), the CRF's marginals, whose argmax the class map is."""
         if isinstance(images, (list, tuple)):
             return [self(image, probabilities) for image in images]
         batch = _as_rgb(images)

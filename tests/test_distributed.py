@@ -1,5 +1,5 @@
-"""Several processes: two processes on loopback train like one process with two devices, and jax.distributed
-starts only for multi-process launches."""
+"""Several processes: two processes on loopback train like one process with two devices (and evaluate with the
+dense CRF, each refining its own images, as it does), and jax.distributed starts only for multi-process launches."""
 
 import os
 import socket
@@ -13,6 +13,8 @@ import pytest
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import load_source
+from gcn_jax.evaluation.evaluate import Evaluator
+from gcn_jax.training.checkpoints import load_variables
 from tests.tiny_run import read_jsonl, run_steps, saved_params, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +45,7 @@ def _train_on_two_processes(data_dir, workdir, *steps):
 
 def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
     workdir = str(tmp_path / "two")
-    _train_on_two_processes(data_dir, workdir)
+    _train_on_two_processes(data_dir, workdir, "3", "crf")  # the final evaluation with the CRF
     # One process, 2 devices, fed the two processes' shards side by side (process 0's rows first).
     config = tiny_config(data_dir, num_train_steps=3, global_batch_size=2, eval_batch_size=2)
     source = load_source(config.data.name, "train", data_dir)
@@ -59,6 +61,15 @@ def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), two_process, params)
     logged = [r["train/loss"] for r in read_jsonl(workdir) if "train/loss" in r]
     np.testing.assert_allclose(logged, losses, rtol=1e-5)
+    # Each process refined its own 5 validation images; the counts were summed over both.
+    evaluated = [r for r in read_jsonl(workdir) if "eval/miou" in r]
+    assert [r["step"] for r in evaluated] == [3]
+    config.eval.crf = True
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    model, variables, _ = load_variables(config, workdir, 3, mesh)
+    one = Evaluator(config, model, mesh)(variables)
+    for key in ("miou", "pixel_accuracy", "boundary_accuracy", "interior_accuracy"):
+        assert evaluated[0][f"eval/{key}"] == pytest.approx(one[key], abs=1e-4), key
 
 
 def test_distributed_starts_only_for_multi_process_launches(monkeypatch):

@@ -57,6 +57,9 @@ def check_options(eval_config) -> None:
         raise InputError(f"config.eval.window_size = {tuple(eval_config.window_size)}: sliding-window inference "
                          f"lays its crops from the image size, which needs a static image size{plain}"
                          "window_size=() --config.eval.window_stride=()")
+    if eval_config.crf:
+        raise InputError("config.eval.crf = True: the dense CRF runs on the host after the network "
+                         f"(gcn_jax/evaluation/crf.py), outside any artifact{plain}crf=False")
 
 
 def classes_dtype(num_classes: int):

@@ -137,3 +137,12 @@ def multi_scale(apply_fn: ApplyFn, images: jax.Array, scales: Sequence[float] = 
                 logits = predict(scaled)
             total = total + jax.nn.softmax(_resize(logits, height, width), axis=-1)
     return total / (len(scales) * (2 if flip else 1))
+
+
+def probabilities(apply_fn: ApplyFn, images: jax.Array, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  window=None, stride=None) -> jax.Array:
+    """Class probabilities (batch, height, width, classes) under `multi_scale`'s options: its mean over scales
+    and flips, or in the plain case the softmax of the logits. (What the dense CRF takes as its unary.)"""
+    scores = multi_scale(apply_fn, images, scales, flip, window, stride)
+    averaged = tuple(float(s) for s in scales) != (1.0,) or flip
+    return scores if averaged else jax.nn.softmax(scores, axis=-1)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from gcn_jax.errors import InputError, NotFoundError
-from gcn_jax.evaluation import evaluate, inference
+from gcn_jax.evaluation import crf, evaluate, inference
 from gcn_jax.images import PIL_DECODE_ERRORS, normalize
 from gcn_jax.labels import CITYSCAPES_TRAIN_TO_LABEL_ID, colorize, palette_image
 from gcn_jax.progress import progress
@@ -104,7 +104,9 @@ def make_segment_fn(model, variables, eval_config):
     """images uint8 or float RGB (batch, height, width, 3) -> class indices uint8 (batch, height, width), and
     with ``probabilities=True`` also the class probabilities float32 (batch, height, width, classes): a softmax
     of the logits, or `inference.multi_scale`'s mean over scales and flips. Inference follows ``eval_config``;
-    compiled once per input shape. Results are numpy arrays."""
+    compiled once per input shape. Results are numpy arrays. With ``eval_config.crf`` the dense CRF refines
+    each image on the host (`crf.refine`): the classes are the argmax of its marginals, which are then the
+    probabilities returned."""
     options = evaluate.inference_options(eval_config)
     averaged = options["scales"] != (1.0,) or options["flip"]  # multi_scale returns probabilities, not logits
 
@@ -119,7 +121,18 @@ def make_segment_fn(model, variables, eval_config):
     def run(images: np.ndarray, probabilities: bool = False):
         return jax.tree.map(np.asarray, segment(variables, normalize(images), probabilities))
 
-    return run
+    if not eval_config.crf:
+        return run
+    crf.check(eval_config.crf_params)
+
+    def run_with_crf(images: np.ndarray, probabilities: bool = False):
+        _, network = run(images, probabilities=True)
+        rgb = np.clip(np.round(images), 0, 255).astype(np.uint8)  # as the CRF's colour kernel reads them
+        refined = np.stack([crf.refine(image, p, eval_config.crf_params) for image, p in zip(rgb, network)])
+        classes = np.argmax(refined, axis=-1).astype(np.uint8)
+        return (classes, refined) if probabilities else classes
+
+    return run_with_crf
 
 
 def make_predict_fn(model, variables, eval_config):

@@ -9,6 +9,7 @@ from gcn_jax.data.datasets import dataset_spec
 from gcn_jax.data.pipeline import local_batch_size
 from gcn_jax.data.transforms import check_augment
 from gcn_jax.errors import InputError
+from gcn_jax.evaluation import crf
 from gcn_jax.evaluation.evaluate import inference_options
 from gcn_jax.evaluation.pictures import check_example_count
 from gcn_jax.images import size_pair
@@ -85,6 +86,9 @@ def check_config(config, num_devices: int, process_count: int = 1, command: str 
     problems = _problem("model", build_model, config.model)
     problems += _dataset_problems(config)
     problems += _problem("eval", inference_options, config.eval)
+    if config.eval.crf:
+        problems += _problem("eval.crf_params", crf.check_params, config.eval.crf_params)
+        problems += _problem("eval.crf", crf.check_installed)
     if command != "predict":
         problems += _problem("data.eval_pad_size", size_pair, config.data.eval_pad_size, "eval_pad_size")
         problems += _batch_problems("eval_batch_size", config.eval_batch_size, num_devices, process_count)
