@@ -76,7 +76,7 @@ def test_another_backbone_is_an_error_listing_the_differences(run_40):
         init_from.initial_variables(started, parallel.make_mesh(), _fresh(started))
     message = str(raised.value)
     assert message.startswith(f"checkpoint {source}/checkpoints/40 does not fit the config's model:")
-    assert "params/backbone/layer1_2 (" in message and "in the config's model, not in the checkpoint" in message
+    assert "\n  params/backbone/layer1_2/conv1 (kernel): in the config's model, not in the checkpoint\n" in message
     assert "Start from a run of the same model.backbone" in message
 
 

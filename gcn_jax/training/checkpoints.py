@@ -240,9 +240,10 @@ def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
 
 
 def grouped_by_module(names, where: str) -> list[str]:
-    """Lines '  module (leaf, leaf): where' for array names 'collection/module/.../leaf', at most 20 modules."""
+    """Lines '  module (leaf, leaf): where' for array names 'collection/module/.../leaf', at most 20 modules,
+    parameters before BN statistics and optimizer state."""
     modules: dict[str, list[str]] = {}
-    for name in sorted(names):
+    for name in sorted(names, key=lambda n: (not n.startswith("params/"), n)):
         module, _, leaf = name.rpartition("/")
         modules.setdefault(module, []).append(leaf)
     lines = [f"  {m} ({', '.join(leaves)}): {where}" for m, leaves in list(modules.items())[:20]]
