@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.eval_every_steps = 2_000  # validation mIoU during training (0: only at the end)
     config.checkpoint_every_steps = 1_000  # also saved at the end, at every evaluation and on SIGTERM/SIGINT
+    # A jax.profiler trace of training steps (first, last), e.g. (20, 25), into <workdir>/profile; empty: none.
+    config.profile_steps = ()
 
     # The paper: SGD, batch 1, momentum 0.99, weight decay 5e-4; learning rate and schedule not stated. Ours
     # for 8 crops per step, and the overrides for the paper's exact recipe: README, "Configs".

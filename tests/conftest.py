@@ -21,8 +21,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def run_40(data_dir, tmp_path_factory):
-    """40 uninterrupted steps on 4 devices, evaluated at step 20 and at the end."""
+    """40 uninterrupted steps on 4 devices, evaluated at step 20 and at the end; steps 38 and 39 profiled."""
     workdir = str(tmp_path_factory.mktemp("run40"))
-    config = tiny_config(data_dir, num_train_steps=40, eval_every_steps=20)
+    config = tiny_config(data_dir, num_train_steps=40, eval_every_steps=20, profile_steps=(38, 39))
     summary = train_and_evaluate(config, workdir)
     return config, workdir, summary

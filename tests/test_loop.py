@@ -1,6 +1,8 @@
 """The training loop end to end on the tiny synthetic set: the loss falls and everything is logged, SIGTERM +
 resume is bit-identical, and a non-finite loss stops the run keeping the last good checkpoint."""
 
+import glob
+import gzip
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from gcn_jax.training import checkpoints, workdir_lock
+from gcn_jax.training.config_checks import ConfigError, check_config
 from gcn_jax.training.loop import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
 from gcn_jax.training.workdir_lock import WorkdirBusyError
 from tests.tiny_run import read_jsonl, saved_params, tiny_config
@@ -102,3 +105,21 @@ def test_a_workdir_in_use_is_refused_and_a_killed_run_leaves_it_free(data_dir, t
         holder.wait()
     with workdir_lock.hold(workdir):
         pass
+
+
+def test_profile_steps_write_a_trace_of_those_steps(run_40):
+    config, workdir, _ = run_40  # profiles steps 38 and 39 (tests/conftest.py)
+    folder = os.path.join(workdir, "profile", "plugins", "profile", "*")
+    [xplane], [perfetto] = glob.glob(os.path.join(folder, "*.xplane.pb")), glob.glob(os.path.join(folder,
+                                                                                             "perfetto_trace.json.gz"))
+    assert os.path.getsize(xplane) > 0
+    with gzip.open(perfetto, "rt") as f:
+        events = json.load(f)["traceEvents"]
+    steps = sorted({int(e["args"]["step_num"]) for e in events if e.get("name") == "train" and "args" in e})
+    assert config.profile_steps == (38, 39) and steps == [38, 39]  # the chosen steps alone
+
+
+def test_profile_steps_outside_the_run_are_refused(data_dir):
+    with pytest.raises(ConfigError, match=r"config.profile_steps: \(3, 9\): expected \(\) or \(first, last\) "
+                                          r"training steps with 1 <= first <= last <= num_train_steps \(8\)"):
+        check_config(tiny_config(data_dir, profile_steps=(3, 9)), 4)

@@ -17,6 +17,7 @@ from gcn_jax.models import build_model, check_weights_file
 from gcn_jax.training.checkpoints import check_retention
 from gcn_jax.training.init_from import check_init_from
 from gcn_jax.training.optimizer import check_optimizer, valid_grad_accum_steps
+from gcn_jax.training.profiling import check_profile_steps
 
 
 class ConfigError(InputError):
@@ -71,6 +72,7 @@ def _training_problems(config, num_devices: int, process_count: int) -> list[str
             problems.append(f"config.{key} = {config[key]}: expected a positive number of steps")
     if config.eval_every_steps < 0:
         problems.append(f"config.eval_every_steps = {config.eval_every_steps}: expected >= 0 (0: only at the end)")
+    problems += _problem("profile_steps", check_profile_steps, config.profile_steps, config.num_train_steps)
     return problems
 
 

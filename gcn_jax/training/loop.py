@@ -34,6 +34,7 @@ from gcn_jax.models import build_model
 from gcn_jax.training import checkpoints, init_from, optimizer, state as state_lib, workdir_lock
 from gcn_jax.training.config_checks import check_config
 from gcn_jax.training.logger import MetricLogger
+from gcn_jax.training.profiling import StepProfiler
 
 EVAL_SCALARS = ("miou", "pixel_accuracy", "mean_class_accuracy", "boundary_accuracy", "interior_accuracy")
 TENSORBOARD_PICTURE_WIDTH = 1024  # px; a wider example grid is shrunk to it
@@ -324,13 +325,16 @@ def _train(config, workdir: str, mesh) -> dict | None:
     run, state = _set_up(config, workdir, mesh)
     periods, step, summary, stopped_by = run.periods, checkpoints.host_step(state), None, None
     meter, step_metrics = Meter(config.global_batch_size, periods.total), StepMetrics()
+    profiler = StepProfiler(workdir, config.profile_steps)
     try:
         if run.evaluation_skipped(step):
             summary = run.evaluate(state, step)
         with _StopSignal(enabled=jax.process_count() == 1) as stop:
             while step < periods.total:
-                state, new_metrics = run.train_step(state, run.next_batch())
+                with profiler.step(step + 1):
+                    state, new_metrics = run.train_step(state, run.next_batch())
                 step += 1
+                profiler.done(step, state)
                 meter.tick()
                 step_metrics.add(step, new_metrics)
                 stopping = stop.requested(run.manager, step)
@@ -352,8 +356,10 @@ def _train(config, workdir: str, mesh) -> dict | None:
                     stopped_by = stop.received or "a preemption notice"
                     break
     except BaseException:
+        profiler.close()
         run.close(failed=True)
         raise
+    profiler.close()
     run.close()
     if stopped_by:
         raise TrainingInterrupted(f"{stopped_by} received: saved step {step} to "
