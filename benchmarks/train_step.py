@@ -1,0 +1,200 @@
+"""Speed of a config's model on the devices present: training and inference images/s, step time, compile
+time, XLA's FLOPs per image, achieved FLOP/s and MFU, peak memory. Prints a table; --json writes the figures.
+
+    python benchmarks/train_step.py --config configs/synthetic.py
+    python benchmarks/train_step.py --config configs/voc.py --config.model.backbone=resnet50 \\
+        --config.crop_size=256,256 --config.global_batch_size=2 --reps 5 --steps 3
+
+The batch is random images and labels of the config's crop size and global batch (no input pipeline: this
+measures the device step; benchmarks/input_pipeline.py measures the data). Compilation and --warmup steps are
+left out; then --reps timed repetitions of --steps steps each, every repetition ending when the device is
+done; the median step time and the spread (min-max) over repetitions are reported.
+
+FLOPs come from XLA's cost analysis of the compiled step (the program of one device, times the devices). MFU
+divides the achieved FLOP/s by a peak: --peak (FLOP/s per device) if given; else, on CPU, a float32 matmul
+measured here (the best of several 2048x2048 products per core-set XLA uses); else the nominal datasheet peak of
+a known accelerator for the compute dtype (`NOMINAL_PEAKS`). Peak memory is the device's `memory_stats()`
+where it has them (GPU, TPU), else the process's peak resident memory (CPU).
+"""
+
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from gcn_jax import cli, parallel
+from gcn_jax.images import size_pair
+from gcn_jax.models import build_model
+from gcn_jax.training import optimizer, state as state_lib
+from gcn_jax.training.config_checks import check_config
+
+cli.define_config_flag("Config file (configs/*.py); any --config.KEY=VALUE override applies.")
+flags.DEFINE_integer("warmup", 2, "Steps run after compilation and before timing.")
+flags.DEFINE_integer("reps", 5, "Timed repetitions.")
+flags.DEFINE_integer("steps", 3, "Steps per repetition.")
+flags.DEFINE_float("peak", None, "Peak FLOP/s of one device for the MFU (default: measured on CPU, nominal else).")
+flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+# Dense datasheet peaks per device, FLOP/s: (float32 without tensor cores, bfloat16 with them).
+NOMINAL_PEAKS = {
+    "NVIDIA H200": (67e12, 989e12),
+    "NVIDIA H100": (67e12, 989e12),
+    "NVIDIA A100": (19.5e12, 312e12),
+    "NVIDIA L4": (30.3e12, 121e12),
+    "TPU v4": (None, 275e12),
+    "TPU v5 lite": (None, 197e12),
+    "TPU v5": (None, 459e12),
+    "TPU v6 lite": (None, 918e12),
+}
+
+
+def flops_of(compiled) -> float:
+    """XLA's FLOP count of a compiled program (one device's)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def timed(run, reps: int, steps: int) -> list[float]:
+    """Seconds per step of ``reps`` repetitions of ``steps`` calls of ``run`` (which returns what to wait on)."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = run()
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / steps)
+    return times
+
+
+def measured_cpu_peak(n: int = 2048, tries: int = 5) -> float:
+    """FLOP/s of the best of ``tries`` float32 n x n matmuls on the default device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    best = min(timed(lambda: matmul(a), tries, 3))
+    return 2 * n ** 3 / best
+
+
+def peak_flops(dtype: str) -> tuple[float | None, str]:
+    """(peak FLOP/s of one device, where it comes from)."""
+    if FLAGS.peak:
+        return FLAGS.peak, "--peak"
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return measured_cpu_peak(), "float32 2048² matmul measured here"
+    for name, (f32, bf16) in NOMINAL_PEAKS.items():
+        if device.device_kind.startswith(name):
+            return (bf16 if dtype == "bfloat16" else f32), f"nominal {name} {dtype}"
+    return None, f"unknown for {device.device_kind}: pass --peak"
+
+
+def peak_memory() -> tuple[float, str]:
+    """(peak bytes, what was measured)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return float(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS"
+
+
+def random_batch(config, mesh) -> dict:
+    height, width = size_pair(config.crop_size, "crop_size")
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((config.global_batch_size, height, width, 3), np.float32),
+             "label": rng.integers(0, config.model.num_classes, (config.global_batch_size, height, width),
+                                   dtype=np.int32)}
+    return parallel.global_batch(mesh, batch)
+
+
+def bench_train(config, mesh, batch) -> dict:
+    model = build_model(config.model)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
+    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    state = state_lib.create_train_state(config, mesh, tx)
+    step = state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics["loss"]
+
+    timed(run, 1, FLAGS.warmup)
+    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * mesh.size,
+            "step_s": timed(run, FLAGS.reps, FLAGS.steps)}
+
+
+def bench_infer(config, mesh, batch) -> dict:
+    model = build_model(config.model)
+    variables = state_lib.create_train_state(config, mesh, optimizer.make_optimizer(
+        config.optimizer, config.num_train_steps)).variables()
+    apply = jax.jit(model.apply, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                    out_shardings=parallel.batch_sharded(mesh))
+    start = time.perf_counter()
+    compiled = apply.lower(variables, batch["image"]).compile()
+    compile_s = time.perf_counter() - start
+    timed(lambda: compiled(variables, batch["image"]), 1, FLAGS.warmup)
+    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * mesh.size,
+            "step_s": timed(lambda: compiled(variables, batch["image"]), FLAGS.reps, FLAGS.steps)}
+
+
+def summarize(result: dict, batch_size: int, num_devices: int, peak: float | None) -> dict:
+    median = statistics.median(result["step_s"])
+    achieved = result["flops_per_step"] / median
+    return {**result, "step_s_median": median, "step_s_min": min(result["step_s"]),
+            "step_s_max": max(result["step_s"]), "images_per_s": batch_size / median,
+            "flops_per_image": result["flops_per_step"] / batch_size, "achieved_flops_per_s": achieved,
+            "mfu": None if not peak else achieved / (peak * num_devices)}
+
+
+def format_row(name: str, r: dict) -> str:
+    mfu = "—" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    return (f"{name:<6} {r['images_per_s']:>9.2f} {1e3 * r['step_s_median']:>10.1f} "
+            f"{1e3 * r['step_s_min']:>7.1f}-{1e3 * r['step_s_max']:<7.1f} {r['compile_s']:>9.1f} "
+            f"{r['flops_per_image'] / 1e9:>11.2f} {r['achieved_flops_per_s'] / 1e9:>9.1f} {mfu:>6}")
+
+
+def main(argv):
+    cli.start(argv)
+    config, mesh = FLAGS.config, parallel.make_mesh()
+    check_config(config, mesh.size, jax.process_count(), "train")
+    batch = random_batch(config, mesh)
+    results = {}
+    if FLAGS.mode in ("train", "both"):
+        results["train"] = bench_train(config, mesh, batch)
+    if FLAGS.mode in ("infer", "both"):
+        results["infer"] = bench_infer(config, mesh, batch)
+    peak, peak_source = peak_flops(str(config.model.dtype))
+    results = {k: summarize(v, config.global_batch_size, mesh.size, peak) for k, v in results.items()}
+    memory, memory_source = peak_memory()
+    device = jax.devices()[0]
+    print(f"{config.model.backbone} {config.model.head} k={config.model.kernel_size}, {config.model.num_classes} "
+          f"classes, batch {config.global_batch_size} of {size_pair(config.crop_size)}, {config.model.dtype}; "
+          f"{mesh.size} x {device.device_kind}")
+    print(f"{'':<6} {'images/s':>9} {'step ms':>10} {'min-max ms':>15} {'compile s':>9} {'GFLOP/img':>11} "
+          f"{'GFLOP/s':>9} {'MFU':>6}")
+    for name, r in results.items():
+        print(format_row(name, r))
+    peak_text = "unknown" if peak is None else f"{peak / 1e9:.1f} GFLOP/s per device"
+    print(f"peak: {peak_text} ({peak_source}); peak memory {memory / 2**20:.0f} MiB ({memory_source}); "
+          f"median of {FLAGS.reps} x {FLAGS.steps} steps after {FLAGS.warmup} warm-up")
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump({"config": json.loads(config.to_json_best_effort()), "device": device.device_kind,
+                       "num_devices": mesh.size, "peak_flops_per_device": peak, "peak_source": peak_source,
+                       "peak_memory_bytes": memory, "memory_source": memory_source, **results}, f, indent=2)
+        print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
