@@ -2,6 +2,8 @@
 bit-identical at step 0 with a fresh optimizer; another class count re-initialises only the arrays that depend
 on it, and says so; another backbone is an error that lists the differences; a resumed run keeps its own."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from flax import traverse_util
 
 from gcn_jax import parallel
 from gcn_jax.data import pipeline
+from gcn_jax.errors import NotFoundError
 from gcn_jax.models import build_model
 from gcn_jax.training import init_from, optimizer, state as state_lib
 from gcn_jax.training.config_checks import ConfigError, check_config
@@ -82,7 +85,7 @@ def test_another_backbone_is_an_error_listing_the_differences(run_40):
 
 def test_init_from_settings_are_checked_before_training(run_40, tmp_path):
     config, source, _ = run_40
-    bad = _started_from(str(tmp_path / "nowhere"), config.data.data_dir)
+    bad = _started_from(source, config.data.data_dir)
     bad.model.pretrained = "weights.safetensors"
     bad.init_from.step = "last"
     with pytest.raises(ConfigError) as raised:
@@ -90,19 +93,24 @@ def test_init_from_settings_are_checked_before_training(run_40, tmp_path):
     assert "config.init_from: config.init_from.step = 'last': expected 'latest', 'best' or a step number" in str(
         raised.value)
     bad.init_from.step = "best"
-    with pytest.raises(ConfigError, match=r"no checkpoints folder .*nowhere/checkpoints"):
-        check_config(bad, 4)
-    bad.init_from.workdir = source
     with pytest.raises(ConfigError, match="config.init_from.workdir and config.model.pretrained are both set"):
         check_config(bad, 4)
+    # The other run is looked for when a run starts (a resumed run does not need it any more).
+    missing = _started_from(str(tmp_path / "nowhere"), config.data.data_dir)
+    check_config(missing, 4)
+    with pytest.raises(NotFoundError, match=r"config.init_from.workdir = .*: no checkpoints folder .*nowhere/"
+                                            r"checkpoints \(the workdir of a training run\)"):
+        init_from.initial_variables(missing, parallel.make_mesh(), _fresh(missing))
 
 
 @pytest.mark.slow
 def test_a_resumed_run_restores_its_own_checkpoint_not_the_other_runs(run_40, tmp_path):
     config, source, _ = run_40
-    workdir = str(tmp_path / "stage2")
-    started = _started_from(source, config.data.data_dir, num_train_steps=2, checkpoint_every_steps=2)
+    stage1, workdir = tmp_path / "stage1", str(tmp_path / "stage2")
+    shutil.copytree(source, stage1)
+    started = _started_from(str(stage1), config.data.data_dir, num_train_steps=2, checkpoint_every_steps=2)
     train_and_evaluate(started, workdir)
+    shutil.rmtree(stage1)  # the earlier stage's run moved away: resuming does not need it
     started.num_train_steps = 3
     run, state = _set_up(started, workdir, parallel.make_mesh())
     try:
@@ -111,3 +119,5 @@ def test_a_resumed_run_restores_its_own_checkpoint_not_the_other_runs(run_40, tm
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), own)
     finally:
         run.close()
+    train_and_evaluate(started, workdir)  # the config check passes too
+    assert saved_params(workdir)[0] == 3

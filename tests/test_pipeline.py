@@ -332,6 +332,7 @@ def test_a_mix_draws_every_record_of_its_parts_once_per_epoch(tiny_data_dir):
 
 def test_a_bad_record_of_a_mix_is_named_by_its_part():
     record = {"image": b"\xff\xd8 cut", "label": b"", "image_id": b"000000139", "index": 40,
-              "dataset": "coco_voc:train"}
-    with pytest.raises(InputError, match=r"^dataset coco_voc, split train, record 40 \(image id '000000139'\)"):
+              "dataset": "coco_voc:train", "part_index": 7}
+    with pytest.raises(InputError, match=r"^dataset coco_voc, split train, record 7 \(image id '000000139'\): .* "
+                                         r"python -m gcn_jax.data.build coco_voc --overwrite"):
         DecodeRecord("coco_voc+voc_sbd/aug", "train").map(record)

@@ -26,7 +26,6 @@ import tensorflow_datasets as tfds
 
 from gcn_jax.data.datasets import dataset_spec  # also registers the builders
 from gcn_jax.errors import GcnError, InputError, NotFoundError, report
-from gcn_jax.progress import shown
 
 REBUILD_PREFIX = ".rebuild-"  # the temporary folders of --overwrite, inside the data_dir
 
@@ -109,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
                              "replaced only once the new one is complete")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks, also for errors in the raw files")
     args = parser.parse_args(argv)
-    # tfds draws its bars (examples written, rate) even into a log file; only a terminal gets them here.
-    (tfds.enable_progress_bar if shown() else tfds.disable_progress_bar)()
+    # tfds draws its bars (examples written, rate) even into a log file; only a terminal gets them here. (Not
+    # `progress.shown`: asking jax for the process index would start jax, which on a GPU reserves its memory.)
+    (tfds.enable_progress_bar if sys.stderr.isatty() else tfds.disable_progress_bar)()
     try:
         kept = None if args.overwrite else existing_build(args.name, args.data_dir)
         builder = build(args.name, args.manual_dir, args.data_dir, overwrite=args.overwrite)

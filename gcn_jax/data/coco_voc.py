@@ -30,7 +30,6 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from pycocotools import mask as mask_api
 
 from gcn_jax.data import common, voc_sbd
 from gcn_jax.errors import InputError
@@ -159,8 +158,16 @@ def _rle(segmentation: dict, height: int, width: int, where: str) -> dict:
                          f"lengths (a list, or COCO's compressed string) summing to {height} x {width} = "
                          f"{height * width} pixels; got {str(counts)[:80]!r}")
     if isinstance(counts, list):
-        return mask_api.frPyObjects(segmentation, height, width)
+        return _mask_api().frPyObjects(segmentation, height, width)
     return {"size": size, "counts": counts.encode("ascii")}
+
+
+def _mask_api():
+    """pycocotools' mask module, imported when a COCO segmentation is first decoded: reading other datasets (every
+    command imports the builders) does not need pycocotools."""
+    from pycocotools import mask
+
+    return mask
 
 
 def _polygons_rle(polygons: list, height: int, width: int, where: str) -> dict | None:
@@ -174,7 +181,7 @@ def _polygons_rle(polygons: list, height: int, width: int, where: str) -> dict |
                              f"coordinates, got {str(polygon)[:80]!r}")
         if xy.size >= 6:  # fewer than 3 points enclose no pixel (and pycocotools reads 4 numbers as a box)
             kept.append(xy.tolist())
-    return mask_api.merge(mask_api.frPyObjects(kept, height, width)) if kept else None
+    return _mask_api().merge(_mask_api().frPyObjects(kept, height, width)) if kept else None
 
 
 def instance_mask(segmentation: list | dict, height: int, width: int, where: str) -> np.ndarray:
@@ -182,7 +189,7 @@ def instance_mask(segmentation: list | dict, height: int, width: int, where: str
     to_rle = _polygons_rle if isinstance(segmentation, list) else _rle
     try:
         rle = to_rle(segmentation, height, width, where)
-        return np.zeros((height, width), bool) if rle is None else mask_api.decode(rle).astype(bool)
+        return np.zeros((height, width), bool) if rle is None else _mask_api().decode(rle).astype(bool)
     except InputError:
         raise
     except (ValueError, TypeError, OverflowError) as e:  # what pycocotools raises on input the checks let through

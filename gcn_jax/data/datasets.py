@@ -80,7 +80,8 @@ def _same_lut(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 
 class MixedSource:
     """Several random-access sources read as one: records 0 .. len(first) - 1 are the first's, and so on; each
-    record names the part it came from under 'dataset' ('coco_voc:train'). Shuffling the whole gives every
+    record names the part it came from under 'dataset' ('coco_voc:train') and its index there under 'part_index'
+    (`transforms.DecodeRecord` reports a damaged record by them and drops both). Shuffling the whole gives every
     part its share in proportion to its size (a part named twice, twice its share)."""
 
     def __init__(self, parts: Sequence[tuple[str, object]]):
@@ -93,7 +94,7 @@ class MixedSource:
     def __getitem__(self, index: int) -> dict:
         part = int(np.searchsorted(self.ends, index, side="right"))
         start = 0 if part == 0 else int(self.ends[part - 1])
-        return {**self.sources[part][index - start], "dataset": self.names[part]}
+        return {**self.sources[part][index - start], "dataset": self.names[part], "part_index": index - start}
 
     def __repr__(self) -> str:
         return f"MixedSource({', '.join(f'{n}={source_repr(s)}' for n, s in zip(self.names, self.sources))})"

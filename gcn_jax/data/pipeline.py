@@ -24,7 +24,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from gcn_jax.data.datasets import dataset_spec, eval_dataset, load_source, source_repr
+from gcn_jax.data.datasets import components, dataset_spec, eval_dataset, load_source, source_repr
 from gcn_jax.data.transforms import DecodeRecord, EvalTransform, TrainTransform
 from gcn_jax.images import size_pair
 from gcn_jax.labels import IGNORE_LABEL
@@ -90,11 +90,17 @@ def train_loader(data_config, crop_size, global_batch_size: int, *, source=None,
                                dataset_spec(d.name).label_lut)
     return grain.DataLoader(
         data_source=_Records(source), sampler=sampler,
-        operations=[DecodeRecord(d.name, d.train_split), transform, grain.transforms.Batch(batch, drop_remainder=True)],
+        operations=[DecodeRecord(*_train_part(d)), transform, grain.transforms.Batch(batch, drop_remainder=True)],
         shard_options=grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False),
         worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
         read_options=grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=max(2 * batch, 8)),
     )
+
+
+def _train_part(data_config) -> tuple[str, str]:
+    """(dataset, split) that a record of the training source comes from, unless it names its part (a mix)."""
+    dataset, split = components(data_config.name)[0]
+    return dataset, split or data_config.train_split
 
 
 def eval_shard(num_records: int, global_batch_size: int, process_index: int, process_count: int

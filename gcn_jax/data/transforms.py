@@ -94,27 +94,34 @@ class DecodeRecord(grain.transforms.Map):
                                 "a single-channel 8-bit PNG of class indices", len(label))
         if image.shape[:2] != label.shape[:2]:
             raise InputError(f"{self._record(element)}: the image is {image.shape[0]}x{image.shape[1]} but the label "
-                             f"is {label.shape[0]}x{label.shape[1]} (height x width). {self._advice}")
-        element = {key: value for key, value in element.items() if key != "dataset"}
+                             f"is {label.shape[0]}x{label.shape[1]} (height x width). {self._advice(element)}")
+        element = {key: value for key, value in element.items() if key not in ("dataset", "part_index")}
         return {**element, "image": image, "label": label}
 
     def _check(self, decoded: np.ndarray | None, element: dict, what: str, expected: str, size: int) -> np.ndarray:
         if decoded is None:
             raise InputError(f"{self._record(element)}: the stored {what} ({size} bytes) cannot be decoded; "
-                             f"expected {expected}. {self._advice}")
+                             f"expected {expected}. {self._advice(element)}")
         return decoded
+
+    def _where(self, element: dict) -> tuple[str, str, int]:
+        """(dataset, split, record index in it): a `datasets.MixedSource` record names its part and its index
+        there."""
+        if "dataset" in element:
+            dataset, split = element["dataset"].rsplit(":", 1)
+            return dataset, split, element["part_index"]
+        return self.dataset, self.split, element["index"]
 
     def _record(self, element: dict) -> str:
         image_id = element["image_id"]
         image_id = image_id.decode(errors="replace") if isinstance(image_id, bytes) else str(image_id)
-        dataset, split = (element["dataset"].rsplit(":", 1) if "dataset" in element else (self.dataset, self.split))
-        return f"dataset {dataset}, split {split}, record {element['index']} (image id {image_id!r})"
+        dataset, split, index = self._where(element)
+        return f"dataset {dataset}, split {split}, record {index} (image id {image_id!r})"
 
-    @property
-    def _advice(self) -> str:
+    def _advice(self, element: dict) -> str:
         return (f"The built dataset is damaged, or was built by a version that did not decode its files: build it "
-                f"again from the raw files with python -m gcn_jax.data.build {self.dataset} --overwrite, which "
-                "checks every file")
+                f"again from the raw files with python -m gcn_jax.data.build {self._where(element)[0]} --overwrite, "
+                "which checks every file")
 
 
 def _decoded(element: dict, label_lut: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -38,13 +38,10 @@ def parse_step(text: str) -> str | int:
 
 
 def check_init_from(init_from, pretrained) -> None:
-    """What can be told before training: the run folder has checkpoints, the step is well formed, and
-    ``model.pretrained`` is not set as well (the other run's backbone would replace it)."""
+    """What can be told before training, resumed or not: the step is well formed, and ``model.pretrained`` is not
+    set as well (the other run's backbone would replace it). That the other run is there is checked only when
+    this run starts (`initial_variables`): a run that resumes does not read it."""
     parse_step(init_from.step)
-    folder = checkpoints.checkpoint_dir(init_from.workdir)
-    if not os.path.isdir(folder):
-        raise NotFoundError(f"config.init_from.workdir = {init_from.workdir!r}: no checkpoints folder {folder} "
-                            "(the workdir of a training run)")
     if pretrained:
         raise InputError(f"config.init_from.workdir and config.model.pretrained are both set: the run in "
                          f"{init_from.workdir} gives the backbone too; unset one (--config.model.pretrained=None)")
@@ -105,6 +102,10 @@ def initial_variables(config, mesh, fresh: dict) -> dict:
     ``config.init_from.workdir``'s checkpoint ``config.init_from.step`` put in (see the module docstring);
     host numpy arrays, the same on every process."""
     init_from = config.init_from
+    folder = checkpoints.checkpoint_dir(init_from.workdir)
+    if not os.path.isdir(folder):
+        raise NotFoundError(f"config.init_from.workdir = {init_from.workdir!r}: no checkpoints folder {folder} "
+                            "(the workdir of a training run)")
     manager = checkpoints.make_manager(init_from.workdir, read_only=True)
     try:
         which = parse_step(init_from.step)
