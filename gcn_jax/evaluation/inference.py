@@ -143,6 +143,11 @@ def probabilities(apply_fn: ApplyFn, images: jax.Array, scales: Sequence[float] 
                   window=None, stride=None) -> jax.Array:
     """Class probabilities (batch, height, width, classes) under `multi_scale`'s options: its mean over scales
     and flips, or in the plain case the softmax of the logits. (What the dense CRF takes as its unary.)"""
-    scores = multi_scale(apply_fn, images, scales, flip, window, stride)
+    return as_probabilities(multi_scale(apply_fn, images, scales, flip, window, stride), scales, flip)
+
+
+def as_probabilities(scores: jax.Array, scales: Sequence[float] = (1.0,), flip: bool = False) -> jax.Array:
+    """`multi_scale`'s output under ``scales`` and ``flip`` as probabilities: already so when it averaged over
+    scales or flips, else logits, whose softmax this returns."""
     averaged = tuple(float(s) for s in scales) != (1.0,) or flip
     return scores if averaged else jax.nn.softmax(scores, axis=-1)

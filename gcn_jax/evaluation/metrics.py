@@ -148,6 +148,14 @@ def _ratio(num, den) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
 
+def row_normalized(confusion) -> np.ndarray:
+    """Confusion counts (rows: label, columns: prediction) -> each row divided by its sum (nan for an empty
+    row): the share of a label's pixels predicted as each class, recall on the diagonal."""
+    confusion = np.asarray(confusion, np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    return np.divide(confusion, totals, out=np.full(confusion.shape, np.nan), where=totals > 0)
+
+
 def summarize(counts: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
     """Metrics (plain Python, JSON-serialisable) from counts summed over a split.
 
@@ -187,7 +195,7 @@ def summarize(counts: Mapping[str, Any], class_names: Sequence[str]) -> dict[str
         "num_pixels": num_pixels,
         "confusion_matrix": {  # rows: the label, columns: the prediction, in class_names' order
             "counts": confusion.tolist(),
-            "row_normalized": [[_ratio(x, gt[c]) for x in confusion[c]] for c in range(n)],
+            "row_normalized": [[None if np.isnan(x) else float(x) for x in row] for row in row_normalized(confusion)],
         },
     }
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gcn_jax.evaluation import metrics
 from gcn_jax.images import denormalize
 from gcn_jax.labels import IGNORE_LABEL, colorize
 
@@ -68,14 +69,6 @@ class ConfusionPicture:
     cells: np.ndarray  # int (classes, classes, 4): cell [i, j]'s (left, top, right, bottom) in `image`, pixels
 
 
-def row_normalized(counts) -> np.ndarray:
-    """Confusion counts (rows: label, columns: prediction) -> each row divided by its sum (nan for an empty
-    row): the share of a label's pixels predicted as each class, recall on the diagonal."""
-    counts = np.asarray(counts, np.float64)
-    totals = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
-
-
 def confusion_heatmap(counts, class_names: Sequence[str], title: str = "") -> ConfusionPicture:
     """The row-normalised confusion matrix as a heat map (0 to 1, `HEATMAP_COLORMAP`, with a colour bar),
     class names on both axes, each cell's percentage written in it for up to `ANNOTATE_UP_TO` classes."""
@@ -83,7 +76,7 @@ def confusion_heatmap(counts, class_names: Sequence[str], title: str = "") -> Co
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    normalized = row_normalized(counts)
+    normalized = metrics.row_normalized(counts)
     n = len(class_names)
     if normalized.shape != (n, n):
         raise ValueError(f"confusion counts have shape {normalized.shape}, expected ({n}, {n}) for the class names")

@@ -108,7 +108,6 @@ def make_segment_fn(model, variables, eval_config):
     each image on the host (`crf.refine`): the classes are the argmax of its marginals, which are then the
     probabilities returned."""
     options = evaluate.inference_options(eval_config)
-    averaged = options["scales"] != (1.0,) or options["flip"]  # multi_scale returns probabilities, not logits
 
     @functools.partial(jax.jit, static_argnames="probabilities")
     def segment(variables, images, probabilities):
@@ -116,7 +115,7 @@ def make_segment_fn(model, variables, eval_config):
         classes = jnp.argmax(scores, axis=-1).astype(jnp.uint8)
         if not probabilities:
             return classes
-        return classes, scores if averaged else jax.nn.softmax(scores, axis=-1)
+        return classes, inference.as_probabilities(scores, options["scales"], options["flip"])
 
     def run(images: np.ndarray, probabilities: bool = False):
         return jax.tree.map(np.asarray, segment(variables, normalize(images), probabilities))
