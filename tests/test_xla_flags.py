@@ -1,0 +1,75 @@
+"""The project's default XLA flags: added unless the user set them, and computing what XLA computes without them."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from gcn_jax import xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+YNN = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def test_defaults_are_added_after_the_users_own_flags():
+    assert xla_flags.with_defaults("", "0.12.0.1") == f"{YNN}dot,reduce"
+    assert xla_flags.with_defaults("--xla_force_host_platform_device_count=2 ", "0.13.1") == (
+        f"--xla_force_host_platform_device_count=2 {YNN}dot,reduce")
+
+
+def test_a_flag_the_user_set_is_left_as_set_even_empty():
+    assert xla_flags.with_defaults(f"{YNN}dot", "0.12.0") == f"{YNN}dot"
+    assert xla_flags.with_defaults(YNN, "0.12.0") == YNN
+
+
+def test_a_jaxlib_older_than_the_one_measured_gets_no_flag_it_may_not_know():
+    assert xla_flags.with_defaults("", "0.8.2") == ""
+    assert xla_flags.with_defaults("--xla_dump_to=/tmp/x", "0.11.9") == "--xla_dump_to=/tmp/x"
+
+
+def test_the_environment_variable_turns_the_defaults_off():
+    environ = {xla_flags.OPT_OUT: "0", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    xla_flags.set_defaults(environ)
+    assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+    environ = {}
+    xla_flags.set_defaults(environ)
+    assert YNN in environ["XLA_FLAGS"]
+
+
+def save_logits_and_grads(path) -> None:
+    """Eval-mode logits and parameter gradients of a small GCN network (BatchNorm from running statistics, so
+    the comparison is well conditioned), and the XLA_FLAGS in force, saved to ``path`` (.npz)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gcn_jax.models.segmentation import GCNSegmentation
+
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 45, 61, 3)), jnp.float32)
+    model = GCNSegmentation(num_classes=5, backbone="resnet18", kernel_size=7)
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+
+    def loss(params):
+        logits = model.apply({**variables, "params": params}, images)
+        return jnp.mean(logits ** 2), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    np.savez(path, os.environ.get("XLA_FLAGS", ""), logits, *jax.tree.leaves(grads))
+
+
+def _load(path) -> tuple[str, list[np.ndarray]]:
+    with np.load(path) as f:
+        return str(f["arr_0"]), [f[f"arr_{i}"] for i in range(1, len(f.files))]
+
+
+def test_the_network_computes_the_same_with_and_without_the_defaults(tmp_path):
+    save_logits_and_grads(tmp_path / "with.npz")  # this process imported gcn_jax before JAX started
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    subprocess.run([sys.executable, "-c", "import sys; from tests.test_xla_flags import save_logits_and_grads; "
+                    "save_logits_and_grads(sys.argv[1])", str(tmp_path / "without.npz")],
+                   env={**env, xla_flags.OPT_OUT: "0"}, cwd=ROOT, capture_output=True, timeout=300, check=True)
+    (flags_a, with_flags), (flags_b, without) = _load(tmp_path / "with.npz"), _load(tmp_path / "without.npz")
+    assert YNN in flags_a and YNN not in flags_b
+    assert len(with_flags) == len(without) > 50
+    for a, b in zip(with_flags, without, strict=True):  # the logits, then every gradient
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max() + 1e-12)
