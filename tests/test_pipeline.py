@@ -4,6 +4,8 @@ evaluation coverage, and iterator state restore."""
 import io
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +16,7 @@ from gcn_jax.data import datasets, pipeline, synthetic
 from gcn_jax.data.build import build
 from gcn_jax.data.transforms import DecodeRecord, EvalTransform, TrainTransform, pad_to
 from gcn_jax.errors import InputError
-from gcn_jax.images import denormalize, normalize
+from gcn_jax.images import model_input, normalize
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +48,23 @@ def _train(source, crop_size=(40, 56), global_batch_size=4, process_index=0, pro
 
 def test_train_batches_have_the_configured_shapes_and_label_values(tiny):
     train, _ = tiny
+    padded = 0
     for batch in itertools.islice(iter(_train(train, photometric=True)), 6):
-        assert batch["image"].shape == (4, 40, 56, 3) and batch["image"].dtype == np.float32
-        assert batch["label"].shape == (4, 40, 56) and batch["label"].dtype == np.int32
+        # uint8 to the device (a quarter of float32's bytes), with a mask of the images' own pixels.
+        assert batch["image"].shape == (4, 40, 56, 3) and batch["image"].dtype == np.uint8
+        assert batch["label"].shape == (4, 40, 56) and batch["label"].dtype == np.uint8
+        assert batch["mask"].shape == (4, 40, 56) and batch["mask"].dtype == bool
         assert batch["index"].shape == (4,)
         values = set(np.unique(batch["label"]).tolist())
         assert values <= set(range(synthetic.NUM_CLASSES)) | {255}
-        # Normalized: padded pixels (label 255) are exactly 0, the rest spread around 0.
-        assert np.all(batch["image"][batch["label"] == 255] == 0)
-        assert np.abs(batch["image"]).max() < 3.0
+        # Padding: black, ignored, outside the mask; normalised on the device to exactly 0, the mean colour.
+        padding = ~batch["mask"]
+        assert np.all(batch["image"][padding] == 0) and np.all(batch["label"][padding] == 255)
+        normalized = np.asarray(model_input(jnp.asarray(batch["image"]), jnp.asarray(batch["mask"])))
+        assert np.all(normalized[padding] == 0) and np.abs(normalized).max() < 3.0
+        np.testing.assert_allclose(normalized[~padding], normalize(batch["image"][~padding]), atol=1e-6)
+        padded += padding.any()
+    assert padded  # the 0.5-2x scaling leaves some crops smaller than the crop size
 
 
 def _constructed_example(h=30, w=44):
@@ -79,7 +89,8 @@ def test_flip_crop_and_scale_keep_image_and_label_aligned(mode):
     flips, offsets = set(), set()
     for seed in range(40):
         out = t.random_map(element, np.random.default_rng(seed))
-        image, label = denormalize(out["image"]), out["label"]
+        image, label = out["image"], out["label"]
+        assert np.all(label[~out["mask"]] == 255)
         pad = label == 255
         # Interior pixels (label constant over the 3x3 neighbourhood) carry exactly their class colour.
         lab = np.pad(label, 1, constant_values=255)  # pixels at the crop border are not interior
@@ -115,6 +126,7 @@ def test_paper_mode_pads_without_scaling():
     else:
         padding[:30, :44] = False
     np.testing.assert_array_equal(out["image"][padding], 0)
+    np.testing.assert_array_equal(out["mask"], ~padding)
 
 
 def test_pad_to_pads_bottom_right_with_ignore():
@@ -130,6 +142,19 @@ def test_normalize_uses_imagenet_statistics():
     pixel = np.array([[[0.485 * 255, 0.456 * 255, 0.406 * 255]]], np.float32)
     np.testing.assert_allclose(normalize(pixel), 0, atol=1e-6)
     np.testing.assert_allclose(normalize(pixel + [[[0.229 * 255, 0.224 * 255, 0.225 * 255]]]), 1, atol=1e-6)
+
+
+def test_the_device_normalises_uint8_images_as_the_host_did_and_zeroes_padding():
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    mask = np.ones((2, 5, 7), bool)
+    mask[1, 3:, :] = False
+    out = np.asarray(jax.jit(model_input)(jnp.asarray(images), jnp.asarray(mask)))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[mask], normalize(images[mask]), atol=1e-6)
+    assert np.all(out[~mask] == 0)
+    np.testing.assert_allclose(np.asarray(model_input(jnp.asarray(images))), normalize(images), atol=1e-6)
+    floats = jnp.asarray(normalize(images))  # float input is taken as normalised already
+    assert model_input(floats, jnp.asarray(mask)) is floats
 
 
 def test_two_processes_read_disjoint_shards_that_cover_the_split(tiny):
@@ -167,7 +192,7 @@ def test_eval_covers_every_example_exactly_once(tiny, process_count):
                 h, w = ex["label"].shape[:2]
                 assert b["mask"][row].sum() == h * w and b["mask"][row, :h, :w].all()
                 np.testing.assert_array_equal(b["label"][row, :h, :w], ex["label"][..., 0])
-                np.testing.assert_allclose(b["image"][row, :h, :w], normalize(ex["image"]), atol=1e-6)
+                np.testing.assert_array_equal(b["image"][row, :h, :w], ex["image"])
     np.testing.assert_array_equal(counts, 1)
     assert len(set(batches)) == 1  # every process runs the same number of batches
 

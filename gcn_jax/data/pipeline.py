@@ -78,8 +78,9 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 def train_loader(data_config, crop_size, global_batch_size: int, *, source=None, process_index: int | None = None,
                  process_count: int | None = None) -> grain.DataLoader:
     """An endless, shuffled, augmented loader of this process's batches of ``data_config.train_split``:
-    {'image': float32 (local_batch, crop_h, crop_w, 3), 'label': int32 (local_batch, crop_h, crop_w),
-    'index': int32 (local_batch,) record indices}. ``source`` replaces the split's tfds source (tests)."""
+    {'image': uint8 RGB (local_batch, crop_h, crop_w, 3), 'label': uint8 (local_batch, crop_h, crop_w), 'mask':
+    bool (local_batch, crop_h, crop_w), false on padding, 'index': int32 (local_batch,) record indices}; the
+    images are normalised on the device (`images.model_input`). ``source`` replaces the split's tfds source (tests)."""
     d = data_config
     _grain_flags_parsed()
     process_index, process_count = _process(process_index, process_count)
@@ -115,7 +116,7 @@ def eval_shard(num_records: int, global_batch_size: int, process_index: int, pro
 def eval_loader(data_config, global_batch_size: int, *, source=None, process_index: int | None = None,
                 process_count: int | None = None) -> tuple[grain.DataLoader, int]:
     """One pass over ``data_config.eval_split``: (loader, number of batches). Batches hold full-resolution
-    images padded to ``data_config.eval_pad_size``: {'image': float32 (b, pad_h, pad_w, 3), 'label': int32,
+    images padded to ``data_config.eval_pad_size``: {'image': uint8 RGB (b, pad_h, pad_w, 3), 'label': int32,
     'mask': bool (b, pad_h, pad_w), 'index': int32 (b,), -1 for padding examples}; only pixels where 'mask'
     is true count. ``source``: the split's tfds source read undecoded, if already open (or a test's)."""
     d = data_config

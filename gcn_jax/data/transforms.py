@@ -2,8 +2,10 @@
 
 Training (`TrainTransform`), in this order: label ids -> train ids (Cityscapes); random scale (image
 bilinear, label nearest); a random crop of the image padded at the bottom/right to at least the crop size;
-horizontal flip; optional photometric jitter; ImageNet mean/std normalization. Padding is 0 in the
-normalized image (the mean colour) and 255 (ignore) in the label, so padded pixels never count in the loss.
+horizontal flip; optional photometric jitter. Images stay uint8 RGB with a mask of their own pixels: they
+cross to the device as uint8 and are normalised there (`images.model_input`), where the padding becomes 0 in
+the normalised image (the mean colour); the label is 255 (ignore) there, so padded pixels never count in the
+loss.
 Mode ``paper`` is the paper's recipe: no scaling and no jitter, only padding to the crop size (and a random
 crop where an image is larger, as for Cityscapes' 800x800 crops) and the flip.
 
@@ -22,7 +24,6 @@ import numpy as np
 
 from gcn_jax.data import common
 from gcn_jax.errors import InputError
-from gcn_jax.images import normalize
 from gcn_jax.labels import IGNORE_LABEL
 
 AUGMENT_MODES = ("strong", "paper")
@@ -58,9 +59,16 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple
     return out_image, out_label
 
 
+def own_pixels(shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The mask of `pad_to`'s output: true on the (height, width) = ``shape`` block it keeps, false on padding."""
+    mask = np.zeros(size, bool)
+    mask[:shape[0], :shape[1]] = True
+    return mask
+
+
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness (±32), contrast and saturation (×0.5-1.5), each applied with probability 1/2, on a
-    float32 RGB image in [0, 255]."""
+    """Random brightness (±32), contrast and saturation (×0.5-1.5), each applied with probability 1/2, on an
+    RGB image in [0, 255]; returns uint8 (rounded), as images cross to the device."""
     image = np.asarray(image, np.float32)
     if rng.random() < 0.5:
         image = image + rng.uniform(-32, 32)
@@ -69,7 +77,7 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     if rng.random() < 0.5:
         gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
         image = gray[..., None] + (image - gray[..., None]) * rng.uniform(0.5, 1.5)
-    return np.clip(image, 0, 255)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 class DecodeRecord(grain.transforms.Map):
@@ -132,8 +140,9 @@ def _decoded(element: dict, label_lut: np.ndarray | None) -> tuple[np.ndarray, n
 
 
 class TrainTransform(grain.transforms.RandomMap):
-    """Decoded tfds example -> {'image': float32 (crop_h, crop_w, 3), 'label': int32 (crop_h, crop_w),
-    'index': int32 record index}."""
+    """Decoded tfds example -> {'image': uint8 RGB (crop_h, crop_w, 3), 'label': uint8 (crop_h, crop_w),
+    'mask': bool (crop_h, crop_w), true on the image's own pixels (false on padding), 'index': int32 record
+    index}."""
 
     def __init__(self, crop_size: Sequence[int], mode: str = "strong", scale_range: Sequence[float] = (0.5, 2.0),
                  photometric: bool = False, label_lut: np.ndarray | None = None):
@@ -149,19 +158,21 @@ class TrainTransform(grain.transforms.RandomMap):
             image, label = rescale(image, label, rng.uniform(*self.scale_range))
         (h, w), (ch, cw) = label.shape, self.crop_size
         top, left = rng.integers(0, max(h, ch) - ch + 1), rng.integers(0, max(w, cw) - cw + 1)
-        # Crop, then jitter and normalize only the image's own pixels, then pad: the padding is 0, the mean colour.
+        # Crop, then jitter only the image's own pixels, then pad (the mask tells the device what is padding).
         image, label = image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
         if strong and self.photometric:
             image = photometric_jitter(image, rng)
-        image, label = pad_to(normalize(image), label, self.crop_size)
+        mask = own_pixels(label.shape, self.crop_size)
+        image, label = pad_to(image, label, self.crop_size)
         if rng.random() < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
-        return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(label, dtype=np.int32),
+            image, label, mask = image[:, ::-1], label[:, ::-1], mask[:, ::-1]
+        return {"image": np.ascontiguousarray(image, dtype=np.uint8),
+                "label": np.ascontiguousarray(label, dtype=np.uint8), "mask": np.ascontiguousarray(mask),
                 "index": np.int32(element["index"])}
 
 
 class EvalTransform(grain.transforms.Map):
-    """Decoded tfds example -> the full-resolution image padded to ``pad_size``: {'image': float32
+    """Decoded tfds example -> the full-resolution image padded to ``pad_size``: {'image': uint8 RGB
     (pad_h, pad_w, 3), 'label': int32 (pad_h, pad_w), 'mask': bool, true on the image's own pixels and false on
     padding and on padding examples, 'index': record index, -1 for padding}."""
 
@@ -176,7 +187,7 @@ class EvalTransform(grain.transforms.Map):
                 f"image {element['image_id']!r} is {h}x{w} (height x width), larger than the evaluation pad size "
                 f"{self.pad_size[0]}x{self.pad_size[1]}; raise eval_pad_size"
             )
-        image, label = pad_to(normalize(image), label, self.pad_size)
-        mask = np.zeros(self.pad_size, bool)
-        mask[:h, :w] = element["index"] >= 0
-        return {"image": image, "label": label.astype(np.int32), "mask": mask, "index": np.int32(element["index"])}
+        image, label = pad_to(image, label, self.pad_size)
+        mask = own_pixels((h, w), self.pad_size) & (element["index"] >= 0)
+        return {"image": image.astype(np.uint8, copy=False), "label": label.astype(np.int32), "mask": mask,
+                "index": np.int32(element["index"])}

@@ -17,7 +17,7 @@ from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import dataset_spec, eval_dataset, load_source
 from gcn_jax.errors import InputError
 from gcn_jax.evaluation import crf, inference, metrics, pictures
-from gcn_jax.images import denormalize
+from gcn_jax.images import model_input
 from gcn_jax.progress import progress
 
 
@@ -74,6 +74,11 @@ def results_name(step: int, options: dict) -> str:
     return f"eval_{step}_{'+'.join(differ)}_{digest}.json"
 
 
+def _images(batch) -> jax.Array:
+    """The network's input from a batch's uint8 'image' and its 'mask' (padding), on the device."""
+    return model_input(batch["image"], batch.get("mask"))
+
+
 def _predict(model, variables, images, options) -> jax.Array:
     scores = inference.multi_scale(lambda x: model.apply(variables, x), images, **options)
     return jnp.argmax(scores, axis=-1)
@@ -93,7 +98,7 @@ def make_eval_step(model, mesh, num_classes: int, eval_config):
     options = inference_options(eval_config)
 
     def step(variables, batch):
-        predictions = _predict(model, variables, batch["image"], options)
+        predictions = _predict(model, variables, _images(batch), options)
         return _counts(batch, predictions, num_classes, eval_config.boundary_width)
 
     replicated = parallel.replicated(mesh)
@@ -113,12 +118,12 @@ def make_count_step(mesh, num_classes: int, eval_config):
 
 def make_probability_step(model, mesh, eval_config, replicated: bool = False):
     """jit(step)(variables, batch) -> {'index', 'probabilities': float32 (batch, height, width, classes) of
-    `inference.probabilities`} for a batch of global arrays 'image', 'index' sharded over the data axis; the
+    `inference.probabilities`} for a batch of global arrays 'image', 'mask', 'index' sharded over the data axis; the
     output stays sharded (each process reads its own images with `parallel.fetch_local`), or is ``replicated``."""
     options = inference_options(eval_config)
 
     def step(variables, batch):
-        probabilities = inference.probabilities(lambda x: model.apply(variables, x), batch["image"], **options)
+        probabilities = inference.probabilities(lambda x: model.apply(variables, x), _images(batch), **options)
         return {"index": batch["index"], "probabilities": probabilities}
 
     out = parallel.replicated(mesh) if replicated else parallel.batch_sharded(mesh)
@@ -127,11 +132,11 @@ def make_probability_step(model, mesh, eval_config, replicated: bool = False):
 
 def make_predict_step(model, mesh, eval_config):
     """jit(step)(variables, batch) -> {'index', 'prediction': int32 (batch, height, width)}, replicated, for a
-    batch of global arrays 'image', 'index' sharded over the data axis."""
+    batch of global arrays 'image', 'mask', 'index' sharded over the data axis."""
     options = inference_options(eval_config)
 
     def step(variables, batch):
-        return {"index": batch["index"], "prediction": _predict(model, variables, batch["image"], options)}
+        return {"index": batch["index"], "prediction": _predict(model, variables, _images(batch), options)}
 
     replicated = parallel.replicated(mesh)
     return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
@@ -197,12 +202,12 @@ class Evaluator:
 
     def _crf_counts(self, variables, batch) -> tuple[dict, dict]:
         """The counts of one batch (``batch``: this process's numpy slice) predicted with the dense CRF."""
-        arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "index")})
+        arrays = parallel.global_batch(self.mesh, {k: batch[k] for k in ("image", "mask", "index")})
         local = jax.tree.map(parallel.fetch_local, self.probabilities(variables, arrays))
         if not np.array_equal(local["index"], batch["index"]):  # the host's images must be the rows it refines
             raise RuntimeError(f"process {jax.process_index()} read back records {local['index']} for the batch "
                                f"of records {batch['index']} it sent")
-        labels = crf.refine_labels(denormalize(batch["image"]), local["probabilities"], batch["mask"],
+        labels = crf.refine_labels(batch["image"], local["probabilities"], batch["mask"],
                                    self.config.eval.crf_params)
         arrays = parallel.global_batch(self.mesh, {"label": batch["label"], "prediction": labels,
                                                    "mask": batch["mask"], "index": batch["index"]})
@@ -222,11 +227,11 @@ class Evaluator:
         predicted = {}
         for start in range(0, len(padded), batch):
             mine = slice(start + jax.process_index() * local, start + (jax.process_index() + 1) * local)
-            arrays = parallel.global_batch(self.mesh, {k: host[k][mine] for k in ("image", "index")})
+            arrays = parallel.global_batch(self.mesh, {k: host[k][mine] for k in ("image", "mask", "index")})
             if self.config.eval.crf:  # every process refines the whole batch: the same labels everywhere
                 out = parallel.fetch(self.example_probabilities(variables, arrays))
                 rows = [start + padded[start:start + batch].index(int(i)) for i in out["index"]]
-                out["prediction"] = crf.refine_labels(denormalize(host["image"][rows]), out["probabilities"],
+                out["prediction"] = crf.refine_labels(host["image"][rows], out["probabilities"],
                                                       host["mask"][rows], self.config.eval.crf_params)
             else:
                 out = parallel.fetch(self.predict(variables, arrays))

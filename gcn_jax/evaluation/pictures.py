@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from gcn_jax.evaluation import metrics
-from gcn_jax.images import denormalize
 from gcn_jax.labels import IGNORE_LABEL, colorize
 
 EXAMPLES_SEED = 0  # the random examples: the same records for every checkpoint of a run
@@ -156,7 +155,7 @@ def _valid_extent(mask: np.ndarray) -> tuple[int, int]:
 
 def example_grid(examples: Mapping[str, np.ndarray], captions: Sequence[str], num_classes: int,
                  max_width: int | None = None, min_side: int = 192, gap: int = 4) -> np.ndarray:
-    """Evaluation examples ({'image' normalised float (n, h, w, 3), 'label', 'prediction', 'mask' (n, h, w)},
+    """Evaluation examples ({'image' uint8 RGB (n, h, w, 3), 'label', 'prediction', 'mask' (n, h, w)},
     padding cropped off by 'mask') -> one uint8 RGB picture: a header naming `PANELS`, then per example its
     caption with the pixel accuracy of the prediction drawn and its `example_row`. Small images are enlarged by
     a whole factor to ``min_side`` px on their longer side; a grid wider than ``max_width`` is shrunk to it."""
@@ -167,7 +166,7 @@ def example_grid(examples: Mapping[str, np.ndarray], captions: Sequence[str], nu
     line = 20
     rows = []
     for k, (h, w) in enumerate(sizes):
-        image = denormalize(examples["image"][k][:h, :w])
+        image = examples["image"][k][:h, :w]
         label, prediction = examples["label"][k][:h, :w], examples["prediction"][k][:h, :w]
         accuracy = pixel_accuracy(label, prediction, num_classes)
         rows.append((f"{captions[k]}: pixel accuracy " + ("—" if math.isnan(accuracy) else f"{accuracy:.1%}"),

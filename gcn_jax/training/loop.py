@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,11 @@ from gcn_jax.models import build_model
 from gcn_jax.training import checkpoints, init_from, optimizer, state as state_lib, workdir_lock
 from gcn_jax.training.config_checks import check_config
 from gcn_jax.training.logger import MetricLogger
+from gcn_jax.training.prefetch import DevicePrefetch
 from gcn_jax.training.profiling import StepProfiler
 
 EVAL_SCALARS = ("miou", "pixel_accuracy", "mean_class_accuracy", "boundary_accuracy", "interior_accuracy")
+TRAIN_KEYS = ("image", "label", "mask")  # what of a training batch goes to the devices
 TENSORBOARD_PICTURE_WIDTH = 1024  # px; a wider example grid is shrunk to it
 
 
@@ -195,7 +197,7 @@ class _Run:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    train_iter: Iterator[dict]  # grain's checkpointable iterator
+    train_iter: DevicePrefetch  # over grain's checkpointable iterator: batches on the devices, read ahead
     train_step: Callable  # `state.make_train_step`'s jitted step
     evaluator: Evaluator
     manager: ocp.CheckpointManager
@@ -203,8 +205,7 @@ class _Run:
     periods: Periods
 
     def next_batch(self) -> dict:
-        batch = next(self.train_iter)
-        return parallel.global_batch(self.mesh, {"image": batch["image"], "label": batch["label"]})
+        return next(self.train_iter)
 
     def evaluate(self, state, step: int) -> dict:
         """Evaluate, then log the split-level metrics, each class's IoU and the example picture."""
@@ -289,7 +290,8 @@ def _set_up(config, workdir: str, mesh) -> tuple[_Run, state_lib.TrainState]:
     model = build_model(config.model)
     tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    train_iter = iter(pipeline.train_loader(config.data, config.crop_size, config.global_batch_size))
+    train_iter = DevicePrefetch(iter(pipeline.train_loader(config.data, config.crop_size, config.global_batch_size)),
+                                lambda batch: parallel.global_batch(mesh, {k: batch[k] for k in TRAIN_KEYS}))
     manager = checkpoints.make_manager(workdir, config.checkpoint.keep_latest, config.checkpoint.keep_best)
     step = 0  # where the run starts: records a killed run logged after it are dropped
     if manager.latest_step() is None:

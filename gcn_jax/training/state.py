@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from gcn_jax import parallel
-from gcn_jax.images import size_pair
+from gcn_jax.images import model_input, size_pair
 from gcn_jax.labels import IGNORE_LABEL
 from gcn_jax.models import build_model, load_backbone
 from gcn_jax.models.summary import abstract_variables
@@ -92,8 +92,10 @@ def _micro_batches(x, n: int, mesh):
 
 def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
     """jit(train_step)(state, batch) -> (state, metrics), the state donated. ``batch`` holds global arrays
-    {'image': (global_batch, h, w, 3), 'label': (global_batch, h, w)} sharded over the data axis; metrics are
-    the loss, the gradient norm and the learning rate of the step.
+    {'image': (global_batch, h, w, 3), 'label': (global_batch, h, w)} and optionally 'mask' (global_batch, h, w),
+    false on padding, sharded over the data axis; uint8 images are normalised here (`images.model_input`),
+    float ones are taken as normalised. The metrics are the loss, the gradient norm and the learning rate of
+    the step.
 
     The loss is the cross-entropy averaged over every valid pixel of the global batch. With
     ``grad_accum_steps`` = n the batch is split into n micro-batches processed one after another (a
@@ -101,17 +103,19 @@ def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
     pixels of the whole batch, so the update equals the full-batch one up to BatchNorm, whose statistics
     come from each micro-batch (and the running averages are updated once per micro-batch)."""
 
-    def grads_of(params, batch_stats, images, labels):
+    def grads_of(params, batch_stats, images, labels, mask):
+        images = model_input(images, mask)
+
         def loss_fn(p):
             logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, images, train=True,
                                           mutable=["batch_stats"])
-            loss_sum, count = cross_entropy_sum(logits, labels)
+            loss_sum, count = cross_entropy_sum(logits, labels.astype(jnp.int32))
             return loss_sum, (count, updates["batch_stats"])
 
         (loss_sum, (count, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, loss_sum, count, new_stats
 
-    def accumulated_grads_of(params, batch_stats, images, labels):
+    def accumulated_grads_of(params, batch_stats, images, labels, mask):
         def body(carry, micro):
             grads, loss_sum, count, stats = carry
             micro_grads, micro_loss, micro_count, stats = grads_of(params, stats, *micro)
@@ -120,13 +124,13 @@ def make_train_step(model, tx, schedule, mesh, grad_accum_steps: int = 1):
 
         init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
                 batch_stats)
-        micro = (_micro_batches(images, grad_accum_steps, mesh), _micro_batches(labels, grad_accum_steps, mesh))
+        micro = tuple(None if x is None else _micro_batches(x, grad_accum_steps, mesh) for x in (images, labels, mask))
         return jax.lax.scan(body, init, micro)[0]
 
     def train_step(state: TrainState, batch):
         compute = grads_of if grad_accum_steps == 1 else accumulated_grads_of
         grads, loss_sum, count, batch_stats = compute(state.params, state.batch_stats, batch["image"],
-                                                      batch["label"])
+                                                      batch["label"], batch.get("mask"))
         denominator = jnp.maximum(count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
