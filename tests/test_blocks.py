@@ -14,6 +14,7 @@ from gcn_jax.models import (
     bilinear_kernel,
     make_head,
 )
+from gcn_jax.models.blocks import deconv_phase
 from gcn_jax.models.summary import abstract_variables, count_params
 from tests import reference
 
@@ -148,3 +149,97 @@ def test_even_deconv_kernel_is_shifted_by_a_quarter_pixel():
     v = up.init(jax.random.key(0), x, (16, 6))
     y = np.asarray(up.apply(v, x, (16, 6)))[0, :, 1, 0]
     np.testing.assert_allclose(y[2:14:2], np.arange(1, 7) - 0.25, atol=1e-5)
+
+
+def dilated_deconv(x, kernel, target):
+    """Deconv2x as it was first written, kept as the reference of the phase computation: a convolution of the
+    edge-extended input dilated with zeros (lhs_dilation=2), cropped to `target`."""
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    lo = k // 2
+    hi = max(0, k - 2 - lo)
+    y = jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding=((lo, hi), (lo, hi)),
+                                     lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y[:, : target[0], : target[1], :]
+
+
+def test_deconv_phases_pick_the_taps_of_each_output_parity():
+    # k=3 (centre 1): even outputs take tap 1 from pixel i; odd outputs taps 0, 2 from i, i+1.
+    assert deconv_phase(3, 0) == (1, 0) and deconv_phase(3, 1) == (0, 0)
+    # k=4 (centre 2): even outputs taps 0, 2 from i-1, i; odd outputs taps 1, 3 from i, i+1.
+    assert deconv_phase(4, 0) == (0, -1) and deconv_phase(4, 1) == (1, 0)
+    # in general: output 2i+p gets tap t from the dilated input's position 2i + p + t - k//2, if that is even
+    for k in range(2, 10):
+        for p in (0, 1):
+            t0, first = deconv_phase(k, p)
+            got = {t: first + j for j, t in enumerate(range(t0, k, 2))}
+            want = {t: (p + t - k // 2) // 2 for t in range(k) if (p + t - k // 2) % 2 == 0}
+            assert got == want
+
+
+def _deconv_case(k, size, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((2, *size, c)), jnp.float32)
+    # random, so asymmetric in every axis and across channels: a wrong tap, phase or transpose shows
+    kernel = jnp.asarray(rng.standard_normal((k, k, c, c)), jnp.float32)
+    return x, kernel
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 7])  # 7: taps reach 2 pixels on, past the edge copy
+@pytest.mark.parametrize("size", [(5, 7), (6, 6), (1, 1)])
+@pytest.mark.parametrize("crop", [0, 1, "half"])  # target 2h x 2w, (2h-1) x (2w-1), h x w
+def test_deconv_by_phases_equals_the_dilated_convolution(k, size, crop):
+    x, kernel = _deconv_case(k, size)
+    h, w = size
+    target = (h, w) if crop == "half" else (2 * h - crop, 2 * w - crop)
+    up = Deconv2x(3, kernel_size=k)
+    assert up.init(jax.random.key(0), x, target)["params"]["kernel"].shape == (k, k, 3, 3)
+
+    def new(x, kernel):
+        return up.apply({"params": {"kernel": kernel}}, x, target)
+
+    def old(x, kernel):
+        return dilated_deconv(x, kernel, target)
+
+    got, want = new(x, kernel), old(x, kernel)
+    assert got.shape == want.shape == (2, *target, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if min(size) > 1:  # the comparison can tell taps apart: the flipped kernel makes another map
+        assert not np.allclose(got, old(x, kernel[::-1, ::-1]), atol=1e-2)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(want.shape), jnp.float32)
+    grads = [jax.grad(lambda x, kern, f=f: jnp.vdot(f(x, kern), cot), argnums=(0, 1))(x, kernel) for f in (new, old)]
+    for name, a, b in zip(("input", "kernel"), *grads):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=f"gradient with respect to the {name}")
+
+
+def test_deconv_in_bfloat16_computes_in_bfloat16_and_stays_close():
+    x, kernel = _deconv_case(3, (6, 7), c=8)
+    up = Deconv2x(8, dtype=jnp.bfloat16)
+    def f(x, kernel):
+        return up.apply({"params": {"kernel": kernel}}, x, (12, 13))
+
+    got = f(x, kernel)
+    assert got.dtype == jnp.bfloat16
+    convs = [e for e in jax.make_jaxpr(f)(x, kernel).eqns if e.primitive.name == "conv_general_dilated"]
+    assert [str(e.outvars[0].aval.dtype) for e in convs] == ["bfloat16"] * 4  # one per phase
+    want = dilated_deconv(x, kernel, (12, 13))
+    rel = float(jnp.linalg.norm(got.astype(jnp.float32) - want) / jnp.linalg.norm(want))
+    assert 0 < rel < 2e-2
+
+
+def test_deconv_exports_with_symbolic_sizes():
+    # The model is exported with symbolic batch, height and width (evaluation/export.py): the phase
+    # interleave and the crop must not need concrete sizes.
+    up = Deconv2x(3, kernel_size=4)
+    _, kernel = _deconv_case(4, (1, 1))
+    b, h, w = jax.export.symbolic_shape("b, h, w")
+
+    def f(x):
+        return up.apply({"params": {"kernel": kernel}}, x, (2 * x.shape[1] - 1, 2 * x.shape[2]))
+
+    exported = jax.export.export(jax.jit(f))(jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
+    for size in ((5, 7), (6, 6)):
+        x, _ = _deconv_case(4, size)
+        target = (2 * size[0] - 1, 2 * size[1])
+        np.testing.assert_allclose(exported.call(x), dilated_deconv(x, kernel, target), rtol=1e-5, atol=1e-5)

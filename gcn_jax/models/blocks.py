@@ -142,6 +142,16 @@ def bilinear_kernel(size: int, channels: int) -> np.ndarray:
     return kernel
 
 
+def deconv_phase(kernel_size: int, p: int) -> tuple[int, int]:
+    """Which taps of `Deconv2x`'s k-tap kernel reach output phase p (0 or 1) along one axis: ``(t0, first)``.
+
+    Output pixel 2i + p receives tap t from input pixel i + (p + t - k//2) / 2 when p + t - k//2 is even, and
+    nothing from tap t otherwise: the taps t0, t0 + 2, ... (< k), from input pixels i + first, i + first + 1, ...
+    """
+    t0 = (kernel_size // 2 - p) % 2
+    return t0, (p + t0 - kernel_size // 2) // 2
+
+
 class Deconv2x(nn.Module):
     """Learnable stride-2 transposed convolution (the paper's 'deconv'), initialised to bilinear upsampling.
 
@@ -156,6 +166,19 @@ class Deconv2x(nn.Module):
     `target` gives the output height and width (at most twice the input's); the upsampled map is cropped to
     it at the bottom/right. The input is edge-replicated by one pixel at the bottom/right first, so the last
     row and column interpolate towards the border value instead of towards zero.
+
+    Computation. As a formula this is a convolution of the input dilated with zeros (``lhs_dilation=2``),
+    output o = sum_t kernel[t] * dilated[o + t - k//2], but three quarters of that convolution's
+    multiply-adds would hit the inserted zeros. It is computed by phases instead (sub-pixel convolution):
+    output pixel (2i+p, 2j+q) only receives the taps t with p + t - k//2 even, from input pixel
+    i + (p + t - k//2) / 2 (`deconv_phase`). So each of the four phases (p, q) is an ordinary stride-1
+    convolution of the undilated input with its own taps, a strided slice of the one (k, k, C, C) parameter
+    (for k = 3: 1 x 1, 1 x 2, 2 x 1 and 2 x 2 taps, 9 in all instead of 4 x 9), and the four results are
+    interleaved (depth to space) into the doubled map. Outside the edge-replicated input is zero, as in the
+    dilated form. Same function, same parameter, same gradients up to float rounding order. On CPU
+    (benchmarks/deconv.py) forward + backward is 6-12x faster than the dilated form, whose gradients were the
+    slow part (its forward alone is about as fast for k = 3), and faster than one convolution that computes
+    all four phases from a common window (which multiplies zeros wherever a phase has fewer taps).
     """
 
     features: int
@@ -171,11 +194,29 @@ class Deconv2x(nn.Module):
         if not (h <= target[0] <= 2 * h and w <= target[1] <= 2 * w):
             raise ValueError(f"Deconv2x cannot map {(h, w)} to {tuple(target)}: the target must be 1-2x the input")
         kernel = self.param("kernel", lambda *_: jnp.asarray(bilinear_kernel(k, self.features)))
-        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-        lo = k // 2  # output o = sum_t kernel[t] * dilated[o + t - lo]: tap k//2 lands on o
-        hi = max(0, k - 2 - lo)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1),
-            padding=((lo, hi), (lo, hi)), lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return y[:, : target[0], : target[1], :]
+        return phase_deconv(x.astype(self.dtype), kernel.astype(self.dtype))[:, : target[0], : target[1], :]
+
+
+def phase_deconv(x, kernel):
+    """`Deconv2x`'s uncropped output, (n, 2h, 2w, O) from (n, h, w, I) and a (k, k, I, O) kernel, by phases."""
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")  # row h (column w): the edge copy
+
+    def taps_and_padding(p):
+        # input rows i + first .. i + last for i < h; a negative padding at the end cuts the unused edge row
+        t0, first = deconv_phase(k, p)
+        return slice(t0, None, 2), (-first, first + len(range(t0, k, 2)) - 2)
+
+    rows = []
+    for p in (0, 1):
+        taps_p, pad_p = taps_and_padding(p)
+        phases = []
+        for q in (0, 1):
+            taps_q, pad_q = taps_and_padding(q)
+            phases.append(jax.lax.conv_general_dilated(x, kernel[taps_p, taps_q], window_strides=(1, 1),
+                                                       padding=(pad_p, pad_q),
+                                                       dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        rows.append(jnp.stack(phases, axis=3))  # (n, h, w, 2: q, O)
+    y = jnp.stack(rows, axis=2)  # (n, h, 2: p, w, 2: q, O)
+    n, h, _, w = y.shape[:4]
+    return y.reshape(n, 2 * h, 2 * w, y.shape[-1])
