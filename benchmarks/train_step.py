@@ -10,6 +10,13 @@ measures the device step; benchmarks/input_pipeline.py measures the data). Compi
 left out; then --reps timed repetitions of --steps steps each, every repetition ending when the device is
 done; the median step time and the spread (min-max) over repetitions are reported.
 
+--part locates a gap (benchmarks/torch_peer.py --part is its PyTorch peer): `model` (default) times the
+config's network (training: the train step with loss, gradients and optimizer update), `backbone` its ResNet
+alone (training: forward and backward of the sum of the four stage outputs, BN in training mode), `deconv` one
+x2 deconvolution of config.model.num_classes channels from ceil(H/2) x ceil(W/2) to the crop size H x W, the
+network's last one (training: forward and backward of the sum of its output, gradients of kernel and input).
+Inference is the forward pass in each case.
+
 FLOPs come from XLA's cost analysis of the compiled step (the program of one device, times the devices). MFU
 divides the achieved FLOP/s by a peak: --peak (FLOP/s per device) if given; else, on CPU, a float32 matmul
 measured here (the best of several 2048x2048 products per core-set XLA uses); else the nominal datasheet peak of
@@ -30,6 +37,8 @@ from absl import flags
 from gcn_jax import cli, parallel
 from gcn_jax.images import size_pair
 from gcn_jax.models import build_model
+from gcn_jax.models.blocks import Deconv2x
+from gcn_jax.models.resnet import ResNet
 from gcn_jax.training import optimizer, state as state_lib
 from gcn_jax.training.config_checks import check_config
 
@@ -40,6 +49,8 @@ flags.DEFINE_integer("steps", 3, "Steps per repetition.")
 flags.DEFINE_float("peak", None, "Peak FLOP/s of one device for the MFU (default: measured on CPU, nominal else).")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
+flags.DEFINE_enum("part", "model", ["model", "backbone", "deconv"], "The whole model, its ResNet alone, or one "
+                  "x2 deconvolution to the crop size (see the module docstring).")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -71,7 +82,7 @@ def timed(run, reps: int, steps: int) -> list[float]:
         for _ in range(steps):
             out = run()
         jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / steps)
+        times.append((time.perf_counter() - start) / max(steps, 1))  # steps 0: a warm-up of nothing
     return times
 
 
@@ -148,6 +159,53 @@ def bench_infer(config, mesh, batch) -> dict:
             "step_s": timed(lambda: compiled(variables, batch["image"]), FLAGS.reps, FLAGS.steps)}
 
 
+def part_of(config):
+    """For --part backbone / deconv: (init(key, x) -> variables, apply(variables, x, train) -> (outputs, BN
+    updates), input shape, whether the input's gradient is taken)."""
+    height, width = size_pair(config.crop_size, "crop_size")
+    batch, dtype = config.global_batch_size, jnp.dtype(config.model.dtype)
+    if FLAGS.part == "backbone":
+        module = ResNet(config.model.backbone, config.model.frozen_bn, dtype)
+
+        def apply(variables, x, train):
+            if train:
+                return module.apply(variables, x, train=True, mutable=["batch_stats"])
+            return module.apply(variables, x), {}
+
+        return module.init, apply, (batch, height, width, 3), False
+    c = config.model.num_classes
+    module = Deconv2x(c, config.model.deconv_kernel_size, dtype)
+    return (lambda key, x: module.init(key, x, (height, width)),
+            lambda variables, x, train: (module.apply(variables, x, (height, width)), {}),
+            (batch, (height + 1) // 2, (width + 1) // 2, c), True)
+
+
+def bench_part(config, mesh, train: bool) -> dict:
+    """--part backbone / deconv: the forward pass, or forward and backward of the sum of the outputs."""
+    init, apply, shape, input_grad = part_of(config)
+    x = parallel.global_batch(mesh, {"x": np.random.default_rng(0).standard_normal(shape, np.float32)})["x"]
+    variables = jax.tree.map(np.asarray, dict(jax.jit(init)(jax.random.key(config.seed), x[:1])))
+    variables = parallel.replicate(mesh, variables)
+
+    def train_step(variables, x):
+        def loss_fn(params, x):
+            out, updates = apply({**variables, "params": params}, x, True)
+            return sum(jnp.sum(o.astype(jnp.float32)) for o in jax.tree.leaves(out)), updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, argnums=(0, 1) if input_grad else 0, has_aux=True)(
+            variables["params"], x)
+        return loss, grads, updates
+
+    step = train_step if train else (lambda variables, x: apply(variables, x, False)[0])
+    fn = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
+    start = time.perf_counter()
+    compiled = fn.lower(variables, x).compile()
+    compile_s = time.perf_counter() - start
+    timed(lambda: compiled(variables, x), 1, FLAGS.warmup)
+    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * mesh.size,
+            "step_s": timed(lambda: compiled(variables, x), FLAGS.reps, FLAGS.steps)}
+
+
 def summarize(result: dict, batch_size: int, num_devices: int, peak: float | None) -> dict:
     median = statistics.median(result["step_s"])
     achieved = result["flops_per_step"] / median
@@ -168,19 +226,25 @@ def main(argv):
     cli.start(argv)
     config, mesh = FLAGS.config, parallel.make_mesh()
     check_config(config, mesh.size, jax.process_count(), "train")
-    batch = random_batch(config, mesh)
     results = {}
-    if FLAGS.mode in ("train", "both"):
-        results["train"] = bench_train(config, mesh, batch)
-    if FLAGS.mode in ("infer", "both"):
-        results["infer"] = bench_infer(config, mesh, batch)
+    if FLAGS.part == "model":
+        batch = random_batch(config, mesh)
+        if FLAGS.mode in ("train", "both"):
+            results["train"] = bench_train(config, mesh, batch)
+        if FLAGS.mode in ("infer", "both"):
+            results["infer"] = bench_infer(config, mesh, batch)
+    else:
+        for mode in ("train", "infer"):
+            if FLAGS.mode in (mode, "both"):
+                results[mode] = bench_part(config, mesh, mode == "train")
     peak, peak_source = peak_flops(str(config.model.dtype))
     results = {k: summarize(v, config.global_batch_size, mesh.size, peak) for k, v in results.items()}
     memory, memory_source = peak_memory()
     device = jax.devices()[0]
-    print(f"{config.model.backbone} {config.model.head} k={config.model.kernel_size}, {config.model.num_classes} "
-          f"classes, batch {config.global_batch_size} of {size_pair(config.crop_size)}, {config.model.dtype}; "
-          f"{mesh.size} x {device.device_kind}")
+    part = {"model": "", "backbone": "ResNet alone: ", "deconv": "one x2 deconvolution: "}[FLAGS.part]
+    print(f"{part}{config.model.backbone} {config.model.head} k={config.model.kernel_size}, "
+          f"{config.model.num_classes} classes, batch {config.global_batch_size} of {size_pair(config.crop_size)}, "
+          f"{config.model.dtype}; {mesh.size} x {device.device_kind}")
     print(f"{'':<6} {'images/s':>9} {'step ms':>10} {'min-max ms':>15} {'compile s':>9} {'GFLOP/img':>11} "
           f"{'GFLOP/s':>9} {'MFU':>6}")
     for name, r in results.items():
@@ -191,8 +255,9 @@ def main(argv):
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump({"config": json.loads(config.to_json_best_effort()), "device": device.device_kind,
-                       "num_devices": mesh.size, "peak_flops_per_device": peak, "peak_source": peak_source,
-                       "peak_memory_bytes": memory, "memory_source": memory_source, **results}, f, indent=2)
+                       "part": FLAGS.part, "num_devices": mesh.size, "peak_flops_per_device": peak,
+                       "peak_source": peak_source, "peak_memory_bytes": memory, "memory_source": memory_source,
+                       **results}, f, indent=2)
         print(f"wrote {FLAGS.json}")
 
 

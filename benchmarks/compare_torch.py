@@ -1,0 +1,146 @@
+"""gcn_jax against its PyTorch peer in one run: benchmarks/train_step.py and benchmarks/torch_peer.py with the
+same settings, run alternately as subprocesses for --rounds rounds; a table per mode of each side's images/s
+(median over rounds, and the range) and the ratio JAX / torch.
+
+    python benchmarks/compare_torch.py                     # resnet50, GCN k=15, BR on, 21 classes, 256², batch 2
+    python benchmarks/compare_torch.py --part backbone --mode train --rounds 5
+    python benchmarks/compare_torch.py --backbone resnet18 --size 64 --reps 2 --steps 1 --rounds 1
+    python benchmarks/compare_torch.py --torch-args="--no-channels-last --threads 1" -- --peak=1e11
+
+The JAX side is `train_step.py --config configs/voc.py` with --config.model.backbone, .kernel_size,
+.num_classes, .use_br, --config.crop_size and --config.global_batch_size set from the flags here (float32,
+SGD with momentum 0.9 and weight decay, as the torch side); arguments after `--` are added to its command line
+(e.g. more --config overrides). XLA's environment (XLA_FLAGS) is inherited. --torch-args go to torch_peer.py.
+Rounds alternate which side starts (JAX-torch, torch-JAX, ...), so a slow drift of the machine touches both
+alike; run it on a quiet machine. Each run is a fresh process with its own warm-up (--warmup, --reps, --steps
+as in train_step.py). torch is optional: `pip install -r requirements-bench.txt`.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def jax_command(args, json_path: str, extra: list[str]) -> list[str]:
+    h, w = args.size
+    return [sys.executable, os.path.join(HERE, "train_step.py"), "--config", os.path.join(ROOT, "configs", "voc.py"),
+            f"--config.model.backbone={args.backbone}", f"--config.model.kernel_size={args.kernel_size}",
+            f"--config.model.num_classes={args.num_classes}", f"--config.model.use_br={not args.no_br}",
+            f"--config.crop_size={h},{w}", f"--config.global_batch_size={args.batch}", f"--part={args.part}",
+            f"--mode={args.mode}", f"--warmup={args.warmup}", f"--reps={args.reps}", f"--steps={args.steps}",
+            f"--json={json_path}", *extra]
+
+
+def torch_command(args, json_path: str) -> list[str]:
+    h, w = args.size
+    return [sys.executable, os.path.join(HERE, "torch_peer.py"), "--backbone", args.backbone,
+            "--kernel-size", str(args.kernel_size), "--num-classes", str(args.num_classes), "--size", str(h), str(w),
+            "--batch", str(args.batch), "--part", args.part, "--mode", args.mode, "--warmup", str(args.warmup),
+            "--reps", str(args.reps), "--steps", str(args.steps), "--json", json_path,
+            *(["--no-br"] if args.no_br else []), *shlex.split(args.torch_args)]
+
+
+def run_side(name: str, command: list[str], json_path: str) -> dict:
+    """Run one benchmark process, echo its table, return its JSON."""
+    print(f"$ {shlex.join(command)}", flush=True)
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # gcn_jax from this checkout
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
+    print(proc.stdout.rstrip(), flush=True)
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def summary(rounds: list[dict]) -> dict:
+    """Per mode: each side's images/s median and range over rounds, and the ratio of the medians."""
+    out = {}
+    for mode in ("train", "infer"):
+        if mode not in rounds[0]["jax"]:
+            continue
+        row = {}
+        for side in ("jax", "torch"):
+            values = [r[side][mode]["images_per_s"] for r in rounds]
+            row[side] = {"images_per_s": statistics.median(values), "min": min(values), "max": max(values),
+                         "rounds": values}
+        row["ratio_jax_over_torch"] = row["jax"]["images_per_s"] / row["torch"]["images_per_s"]
+        out[mode] = row
+    return out
+
+
+def size_pair(values: list[int]) -> tuple[int, int]:
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--size takes one or two positive ints, got {values}")
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def parse_args(argv):
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet50",
+                        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+    parser.add_argument("--kernel-size", type=int, default=15)
+    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--no-br", action="store_true", help="without the Boundary Refinement blocks")
+    parser.add_argument("--size", type=int, nargs="+", default=[256], help="H [W]")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--part", default="model", choices=["model", "backbone", "deconv"])
+    parser.add_argument("--mode", default="both", choices=["train", "infer", "both"])
+    parser.add_argument("--rounds", type=int, default=3, help="JAX + torch runs, alternating who starts")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--torch-args", default="", help="more arguments for torch_peer.py, e.g. '--no-channels-last'")
+    parser.add_argument("--json", help="also write the rounds and the summary to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        args.size = size_pair(args.size)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    return args, extra
+
+
+def main(argv=None):
+    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            paths = {side: os.path.join(tmp, f"{side}_{r}.json") for side in ("jax", "torch")}
+            commands = {"jax": jax_command(args, paths["jax"], extra), "torch": torch_command(args, paths["torch"])}
+            order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+            result = {}
+            for side in order:
+                print(f"\n== round {r + 1}/{args.rounds}: {side}", flush=True)
+                result[side] = run_side(side, commands[side], paths[side])
+            rounds.append(result)
+    table = summary(rounds)
+    h, w = args.size
+    print(f"\n{args.part}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, BR "
+          f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, float32; images/s, median (min-max) "
+          f"over {args.rounds} round(s)")
+    print(f"{'':<6} {'JAX':>22} {'torch':>22} {'JAX/torch':>10}")
+    for mode, row in table.items():
+        cells = [f"{row[s]['images_per_s']:.2f} ({row[s]['min']:.2f}-{row[s]['max']:.2f})" for s in ("jax", "torch")]
+        print(f"{mode:<6} {cells[0]:>22} {cells[1]:>22} {row['ratio_jax_over_torch']:>10.2f}")
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        with open(args.json, "w") as f:
+            json.dump({"settings": {**settings, "jax_extra_args": extra}, "summary": table, "rounds": rounds}, f,
+                      indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""benchmarks/torch_peer.py is the same network as GCNSegmentation: a flax model's variables loaded into it give
+the same logits and it has as many parameters. Runs where torch is installed (it is not a dependency)."""
+
+import jax
+import numpy as np
+import pytest
+
+from gcn_jax.models import GCNSegmentation
+from gcn_jax.models.summary import count_params
+
+torch = pytest.importorskip("torch")
+from benchmarks import torch_peer  # noqa: E402
+
+
+def random_variables(model, image_shape, seed=0):
+    """Variables of the model's shapes, every one random (no bilinear deconvs, zero BR convs or biases, BN
+    statistics of 0 and 1 that could hide a transposed, flipped or misplaced array); kernels scaled by
+    1/sqrt(fan-in). Drawn with numpy on `jax.eval_shape`'s shapes: compiling the model's init takes longer."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+        if name == "var":
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return ((name == "scale") + 0.1 * rng.standard_normal(shape)).astype(np.float32)  # scale, bias, mean
+
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(image_shape, np.float32))
+    return jax.tree_util.tree_map_with_path(draw, dict(shapes))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    model = GCNSegmentation(num_classes=5, backbone="resnet18", kernel_size=7)
+    images = np.random.default_rng(1).standard_normal((2, 45, 61, 3)).astype(np.float32)  # odd: every crop
+    variables = random_variables(model, images.shape)
+    peer = torch_peer.GCNSegmentation(num_classes=5, backbone="resnet18", kernel_size=7)
+    state = torch_peer.state_dict_from_flax(variables)
+    expected = {k for k in peer.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(state) == expected
+    peer.load_state_dict(state, strict=False)
+    return model, variables, peer, images
+
+
+def test_the_peer_has_the_same_parameter_count(pair):
+    model, variables, peer, _ = pair
+    assert torch_peer.count_parameters(peer) == count_params(variables["params"])
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_the_peer_computes_the_same_logits(pair, train):
+    # train=True: BN normalises with the batch statistics on both sides.
+    model, variables, peer, images = pair
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=train and ["batch_stats"]))(
+        variables, images)
+    logits = np.asarray(logits[0] if train else logits)
+    peer.train(train)
+    with torch.no_grad():
+        out = peer(torch.from_numpy(images).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert out.shape == logits.shape == (2, 45, 61, 5)
+    np.testing.assert_allclose(out, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
