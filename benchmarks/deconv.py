@@ -9,8 +9,8 @@
   computes now: `blocks.phase_deconv`);
 - ``im2col``: ``one_conv`` with its convolution written as one matrix product of shifted input copies.
 
-    PYTHONPATH=. python benchmarks/deconv.py         # C=21, batch 2, 64->128 and 128->256, k=3 and 4
-    PYTHONPATH=. python benchmarks/deconv.py --sizes 128 --kernel-sizes 3 --reps 9
+    python -m benchmarks.deconv         # C=21, batch 2, 64->128 and 128->256, k=3 and 4
+    python -m benchmarks.deconv --sizes 128 --kernel-sizes 3 --reps 9
 
 Prints the median over --reps repetitions (min-max in brackets) of --iters calls each, in ms per call, after
 compilation and a warm-up call; every call ends when the device is done. Within a repetition every method is

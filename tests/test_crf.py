@@ -17,7 +17,7 @@ from gcn_jax.data.datasets import load_source
 from gcn_jax.errors import InputError
 from gcn_jax.evaluation import crf, evaluate, export, metrics, prediction
 from gcn_jax.evaluation.evaluate import Evaluator, evaluation_options, results_name
-from gcn_jax.images import normalize
+from gcn_jax.images import model_input, normalize
 from gcn_jax.training.checkpoints import load_variables
 from gcn_jax.training.config_checks import ConfigError, check_config
 
@@ -146,7 +146,8 @@ def _old_eval_step(model, mesh, num_classes, eval_config):
     options = evaluate.inference_options(eval_config)
 
     def step(variables, batch):
-        predictions = evaluate._predict(model, variables, batch["image"], options)
+        images = model_input(batch["image"], batch["mask"])  # uint8 from the loader, normalised on the device
+        predictions = evaluate._predict(model, variables, images, options)
         counts = metrics.batch_counts(batch["label"], predictions, num_classes, valid=batch["mask"],
                                       boundary_width=eval_config.boundary_width)
         per_image = metrics.image_counts(batch["label"], predictions, num_classes, valid=batch["mask"])

@@ -54,7 +54,7 @@ def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
     batches = []
     for _ in range(3):
         parts = [next(s) for s in shards]
-        batches.append({k: np.concatenate([p[k] for p in parts]) for k in ("image", "label")})
+        batches.append({k: np.concatenate([p[k] for p in parts]) for k in ("image", "label", "mask")})
     losses, params, _ = run_steps(config, jax.devices()[:2], batches)
     step, two_process = saved_params(workdir)
     assert step == 3

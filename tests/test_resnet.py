@@ -3,13 +3,14 @@ variant of Figure 5 / Table 11."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from gcn_jax.models import ResNet, ResNetClassifier, stage_channels
+from gcn_jax.models import ResNet, ResNetClassifier, resnet, stage_channels
 from gcn_jax.models.summary import abstract_variables, count_params, forward_flops
 from tests.reference import conv2d
 
@@ -103,3 +104,22 @@ def test_resnet50_and_resnet50_gcn_cost_about_the_same():
     gcn = forward_flops(ResNetClassifier("resnet50_gcn"), shape) / 2
     assert 3.5e9 < plain < 4.3e9
     assert abs(gcn - plain) / plain < 0.10
+
+
+@pytest.mark.parametrize("kernel_size, strides, padding", [
+    ((1, 1), 1, 0), ((1, 1), 2, 0), ((3, 3), 2, ((1, 1), (1, 1))), ((7, 7), 2, ((3, 3), (3, 3))),
+    ((1, 5), (1, 2), ((0, 0), (2, 2))), ((5, 1), (2, 1), ((2, 2), (0, 0)))])
+def test_the_backbone_conv_is_flax_conv_with_the_same_parameter(kernel_size, strides, padding):
+    # 1 x 1 convolutions are matrix products here (faster gradients on XLA's CPU backend): same kernel
+    # parameter, same outputs and gradients as nn.Conv, also strided on odd sizes.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 11, 6)), jnp.float32)
+    ours = resnet.Conv(5, kernel_size, strides, padding)
+    reference = nn.Conv(5, kernel_size, strides, padding=padding, use_bias=False)
+    params = ours.init(jax.random.key(1), x)
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, reference.init(jax.random.key(1), x))
+
+    def grads(module):
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1))(params, x)
+
+    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(ours), grads(reference))

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from gcn_jax.images import normalize
 from gcn_jax.models import build_model
 from gcn_jax.training import optimizer, state as state_lib
 from tests.tiny_run import fixed_batches, run_steps, tiny_config
@@ -85,3 +86,19 @@ def test_learning_rate_schedule_and_weight_decay_mask(data_dir):
     assert np.allclose(updates["br_s1"]["conv1"]["kernel"], -0.1 * 0.5)
     assert np.allclose(updates["backbone"]["conv1"]["kernel"], -0.1 * 0.5 * 0.1)
     assert np.all(updates["backbone"]["bn1"]["bias"] == 0)
+
+
+def test_uint8_images_normalised_on_the_device_train_as_images_normalised_on_the_host(data_dir):
+    # What the pipeline sends (uint8, a mask of padding) against what it used to send (normalised float32,
+    # padding 0): the same losses and parameters.
+    config = tiny_config(data_dir, crop_size=(32, 32), global_batch_size=8)
+    rng = np.random.default_rng(0)
+    mask = np.ones((8, 32, 32), bool)
+    mask[:, 20:] = False
+    images = np.where(mask[..., None], rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), 0).astype(np.uint8)
+    labels = np.where(mask, rng.integers(0, 6, (8, 32, 32)), 255).astype(np.uint8)
+    device = run_steps(config, jax.devices(), [{"image": images, "label": labels, "mask": mask}] * 2)
+    host_images = np.where(mask[..., None], normalize(images), 0).astype(np.float32)
+    host = run_steps(config, jax.devices(), [{"image": host_images, "label": labels.astype(np.int32)}] * 2)
+    np.testing.assert_allclose(device[0], host[0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), device[1], host[1])
