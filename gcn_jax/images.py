@@ -3,7 +3,6 @@ sizes."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -19,9 +18,10 @@ def normalize(image: np.ndarray) -> np.ndarray:
 def model_input(images, mask=None):
     """What the network takes, computed on the device inside a jitted step: uint8 RGB images (batch, height,
     width, 3) are normalised as `normalize` does, and pixels where ``mask`` (batch, height, width) is false
-    (padding) set to 0, the normalised mean colour, as the host pipeline used to pad; float images are taken
-    as normalised already and returned as they are. Images cross to the device as uint8: a quarter of the
-    bytes of float32."""
+    (padding) set to 0, the normalised mean colour; float images are taken as normalised already and returned
+    as they are. Images cross to the device as uint8: a quarter of the bytes of float32."""
+    import jax.numpy as jnp  # here: the host-side users of this module need no jax
+
     if images.dtype != jnp.uint8:
         return images
     normalized = (images.astype(jnp.float32) - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)

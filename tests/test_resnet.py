@@ -109,11 +109,12 @@ def test_resnet50_and_resnet50_gcn_cost_about_the_same():
 @pytest.mark.parametrize("kernel_size, strides, padding", [
     ((1, 1), 1, 0), ((1, 1), 2, 0), ((3, 3), 2, ((1, 1), (1, 1))), ((7, 7), 2, ((3, 3), (3, 3))),
     ((1, 5), (1, 2), ((0, 0), (2, 2))), ((5, 1), (2, 1), ((2, 2), (0, 0)))])
-def test_the_backbone_conv_is_flax_conv_with_the_same_parameter(kernel_size, strides, padding):
-    # 1 x 1 convolutions are matrix products here (faster gradients on XLA's CPU backend): same kernel
+@pytest.mark.parametrize("pointwise_matmul", [False, True])
+def test_the_backbone_conv_is_flax_conv_with_the_same_parameter(kernel_size, strides, padding, pointwise_matmul):
+    # In training 1 x 1 convolutions are matrix products (faster gradients on XLA's CPU backend): same kernel
     # parameter, same outputs and gradients as nn.Conv, also strided on odd sizes.
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 11, 6)), jnp.float32)
-    ours = resnet.Conv(5, kernel_size, strides, padding)
+    ours = resnet.Conv(5, kernel_size, strides, padding, pointwise_matmul=pointwise_matmul)
     reference = nn.Conv(5, kernel_size, strides, padding=padding, use_bias=False)
     params = ours.init(jax.random.key(1), x)
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, reference.init(jax.random.key(1), x))

@@ -130,10 +130,8 @@ def test_bfloat16_logits_close_to_float32():
     # and the bf16 model really convolves in bf16 everywhere: backbone, heads, BR and deconvolutions
     jaxpr = jax.make_jaxpr(lambda v, x: bf16.apply(v, x))(variables, x)
     conv_dtypes = [str(e.outvars[0].aval.dtype) for e in _equations(jaxpr.jaxpr)
-                   if e.primitive.name in ("conv_general_dilated", "dot_general")]
-    # ResNet-18 (17 convs and 3 1x1 projections, which are matrix products), 4 GCN x 4, 9 BR x 2, 5 deconvs x 4
-    # phases
-    n_convs = 20 + 4 * 4 + 9 * 2 + 5 * 4
+                   if e.primitive.name == "conv_general_dilated"]
+    n_convs = 20 + 4 * 4 + 9 * 2 + 5 * 4  # ResNet-18 (incl. 3 projections), 4 GCN x 4, 9 BR x 2, 5 deconvs x 4 phases
     assert conv_dtypes == ["bfloat16"] * n_convs
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax import export as jax_export
 
 from gcn_jax.errors import InputError, NotFoundError
-from gcn_jax.images import IMAGENET_MEAN, IMAGENET_STD
+from gcn_jax.images import IMAGENET_MEAN, IMAGENET_STD, model_input
 from gcn_jax.labels import PASCAL_PALETTE
 
 ARTIFACT = "model.jax_exported"
@@ -71,10 +71,9 @@ def inference_fn(model, variables):
     """images uint8 (batch, height, width, 3) RGB -> (logits float32 (batch, height, width, classes), classes
     (batch, height, width)); the variables are constants of the function."""
     variables = jax.device_get(variables)  # host copies: no sharding or device count is baked into the artifact
-    mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
 
     def infer(images):
-        logits = model.apply(variables, (images.astype(jnp.float32) - mean) / std)
+        logits = model.apply(variables, model_input(images))
         return logits, jnp.argmax(logits, axis=-1).astype(classes_dtype(model.num_classes))
 
     return infer

@@ -37,9 +37,10 @@ def _pair(v) -> tuple[int, int]:
 
 class Conv(nn.Module):
     """The backbone's convolution, without bias: `nn.Conv`'s parameter ('kernel', (kh, kw, in, out)) and
-    function. A 1 x 1 convolution (most of a bottleneck's) is computed as the matrix product it is, of the
-    (strided) pixels with the kernel: XLA's CPU backend then needs no layout transposes for its gradients, which
-    made ResNet-50's forward + backward about 12% faster there (README, "Performance")."""
+    function. With `pointwise_matmul` (set when training), a 1 x 1 convolution (most of a bottleneck's) is
+    computed as the matrix product it is, of the (strided) pixels with the kernel: XLA's CPU backend then needs
+    no layout transposes for its gradients, which made ResNet-50's forward + backward about 12% faster there;
+    the forward pass alone was faster as a convolution (README, "Performance")."""
 
     features: int
     kernel_size: tuple[int, int]
@@ -47,13 +48,14 @@ class Conv(nn.Module):
     padding: Any = 0  # 0 or ((top, bottom), (left, right))
     kernel_init: Any = conv_init
     dtype: Any = jnp.float32
+    pointwise_matmul: bool = False
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         (sh, sw), padding = _pair(self.strides), ((0, 0), (0, 0)) if self.padding == 0 else self.padding
-        if tuple(self.kernel_size) == (1, 1) and padding == ((0, 0), (0, 0)):
+        if self.pointwise_matmul and tuple(self.kernel_size) == (1, 1) and padding == ((0, 0), (0, 0)):
             return jnp.einsum("nhwc,cd->nhwd", x[:, ::sh, ::sw], kernel[0, 0])
         return jax.lax.conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -206,7 +208,7 @@ class ResNet(nn.Module):
     def __call__(self, x, train: bool = False):
         block_kind, counts = resnet_spec(self.arch)
         use_gcn = self.arch.endswith("_gcn")
-        conv = functools.partial(Conv, dtype=self.dtype)
+        conv = functools.partial(Conv, dtype=self.dtype, pointwise_matmul=train)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=self.frozen_bn or not train,
