@@ -64,8 +64,8 @@ def test_frozen_bn_uses_running_stats_and_never_updates():
     out_eval = frozen.apply(v, x, train=False)
     for a, b in zip(jax.tree_util.tree_leaves(updates["batch_stats"]), jax.tree_util.tree_leaves(v["batch_stats"])):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(out_train, out_eval):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(out_train, out_eval):  # the same statistics; training computes 1x1 convs as matmuls
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_resnet_gcn_blocks_follow_table11():
