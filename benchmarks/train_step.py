@@ -125,24 +125,33 @@ def random_batch(config, mesh) -> dict:
     return parallel.global_batch(mesh, batch)
 
 
+def compiled_and_timed(fn, args: tuple, num_devices: int, run=None) -> dict:
+    """Compile ``fn`` for ``args``, run --warmup steps, then time --reps x --steps; ``run(compiled)`` makes the
+    call to time (default: ``compiled(*args)``)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    call = run(compiled) if run else (lambda: compiled(*args))
+    timed(call, 1, FLAGS.warmup)
+    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * num_devices,
+            "step_s": timed(call, FLAGS.reps, FLAGS.steps)}
+
+
 def bench_train(config, mesh, batch) -> dict:
     model = build_model(config.model)
     tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
     state = state_lib.create_train_state(config, mesh, tx)
     step = state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps)
-    start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
+    holder = {"state": state}  # the state is donated: each call takes the previous call's
 
-    def run():
-        holder["state"], metrics = compiled(holder["state"], batch)
-        return metrics["loss"]
+    def run(compiled):
+        def call():
+            holder["state"], metrics = compiled(holder["state"], batch)
+            return metrics["loss"]
+        return call
 
-    timed(run, 1, FLAGS.warmup)
-    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * mesh.size,
-            "step_s": timed(run, FLAGS.reps, FLAGS.steps)}
+    return compiled_and_timed(step, (state, batch), mesh.size, run)
 
 
 def bench_infer(config, mesh, batch) -> dict:
@@ -156,12 +165,7 @@ def bench_infer(config, mesh, batch) -> dict:
 
     apply = jax.jit(logits, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                     out_shardings=parallel.batch_sharded(mesh))
-    start = time.perf_counter()
-    compiled = apply.lower(variables, images).compile()
-    compile_s = time.perf_counter() - start
-    timed(lambda: compiled(variables, images), 1, FLAGS.warmup)
-    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * mesh.size,
-            "step_s": timed(lambda: compiled(variables, images), FLAGS.reps, FLAGS.steps)}
+    return compiled_and_timed(apply, (variables, images), mesh.size)
 
 
 def part_of(config):
@@ -203,12 +207,7 @@ def bench_part(config, mesh, train: bool) -> dict:
 
     step = train_step if train else (lambda variables, x: apply(variables, x, False)[0])
     fn = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
-    start = time.perf_counter()
-    compiled = fn.lower(variables, x).compile()
-    compile_s = time.perf_counter() - start
-    timed(lambda: compiled(variables, x), 1, FLAGS.warmup)
-    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * mesh.size,
-            "step_s": timed(lambda: compiled(variables, x), FLAGS.reps, FLAGS.steps)}
+    return compiled_and_timed(fn, (variables, x), mesh.size)
 
 
 def summarize(result: dict, batch_size: int, num_devices: int, peak: float | None) -> dict:

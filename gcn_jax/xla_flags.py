@@ -25,8 +25,8 @@ OPT_OUT = "GCN_JAX_XLA_DEFAULTS"
 
 
 def _version(text: str) -> tuple[int, int]:
-    numbers = [int(n) for n in re.findall(r"\d+", text)[:2]]
-    return (numbers + [0, 0])[0], (numbers + [0, 0])[1]
+    major, minor = ([int(n) for n in re.findall(r"\d+", text)[:2]] + [0, 0])[:2]
+    return major, minor
 
 
 def with_defaults(xla_flags: str, jaxlib_version: str) -> str:

@@ -26,7 +26,8 @@ class DevicePrefetch:
         return self
 
     def __next__(self) -> Any:
-        self._fill()
+        if not self.ahead:  # the first call (or the first after set_state)
+            self._fill()
         batch, self.state = self.ahead.popleft()
         self._fill()
         return batch
