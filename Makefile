@@ -3,6 +3,8 @@ PY := .venv/bin/python
 CONFIG ?= configs/synthetic.py
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most of the suite's time is XLA compilation, which runs on one core.
+TEST_WORKERS ?= 2
 
 .PHONY: demo lint test test-fast venv
 
@@ -18,7 +20,7 @@ demo:
 
 test:
 	@scripts/bootstrap.sh requirements-dev.txt
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint:
 	@scripts/bootstrap.sh requirements-dev.txt
@@ -27,4 +29,4 @@ lint:
 # Everything but the tests marked slow.
 test-fast:
 	@scripts/bootstrap.sh requirements-dev.txt
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)

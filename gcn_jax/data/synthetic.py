@@ -134,6 +134,11 @@ class SyntheticShapes(common.ArrayRecordBuilder):
                               description="96x96, 2,000 / 200 images; one random colour per object and for the "
                                           "background, 1-3 objects of 15-80% of the side: the demo's set, "
                                           "learnable in minutes on a CPU."),
+        SyntheticShapesConfig(name="large", textures=("flat",), background_textures=("flat",), max_objects=3,
+                              min_size=0.3, max_size=0.9,
+                              description="128x128, 2,000 / 200 images; flat colours, 1-3 objects of 30-90% of "
+                                          "the side, so most are larger than a small backbone's valid receptive "
+                                          "field: the ablation study's set (configs/study.py)."),
         SyntheticShapesConfig(name="tiny", height=48, width=64, num_train=24, num_validation=10,
                               description="48x64, 24 / 10 images: for tests and quick checks."),
     ]
