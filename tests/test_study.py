@@ -221,3 +221,28 @@ def test_reuse_takes_over_only_runs_of_the_same_config(tmp_path):
     with pytest.raises(InputError, match="not a study workdir"):
         runner.run_study(grid.get_study("br"), config, third.root, 1, (), third.train, third.evaluate,
                          reuse=(str(tmp_path),))
+
+
+def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path):
+    from gcn_jax.training.loop import NonFiniteLossError
+
+    config = study_config.get_config()
+    fake = FakeTraining()
+    fake.root = str(tmp_path)
+    train = fake.train
+
+    def diverging(config, workdir):
+        if config.model.head == "base":
+            raise NonFiniteLossError("non-finite loss at step 3; stopping")
+        return train(config, workdir)
+
+    study = grid.get_study("kernel_size")
+    results = runner.run_study(study, config, fake.root, 1, (3,), diverging, fake.evaluate)
+    assert fake.trained == ["gcn_k3/seed0"]
+    assert results[0]["miou"] is None and "non-finite loss" in results[0]["failed"]
+    assert runner.run_study(study, config, fake.root, 1, (3,), diverging, fake.evaluate) == results  # not rerun
+    report.write_report(fake.root, study, study.variants((3,)), results, [],
+                        {"config": "configs/study.py", "num_train_steps": 1800, "seeds": [0]})
+    text = (tmp_path / "results.md").read_text()
+    assert "| base (1x1) | — | 69.0 | 3,072 |" in text
+    assert "Stopped on a non-finite loss (no mIoU, left out of the means): base/seed0." in text

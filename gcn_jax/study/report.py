@@ -116,6 +116,9 @@ def write_report(workdir: str, study: Study, variants: list[Variant], results: l
             f"{len(results)} runs finished, {total / 60:.0f} min of training in all. mIoU and accuracies in %, "
             "mean ± sample standard deviation over seeds; the paper's figures are PASCAL VOC 2012 val, for "
             "reference only.", "", *markdown_tables(study, rows), "", *detail_table(rows), ""]
+    failed = [f"{r['variant']}/seed{r['seed']}" for r in results if r.get("failed")]
+    if failed:
+        text += [f"Stopped on a non-finite loss (no mIoU, left out of the means): {', '.join(failed)}.", ""]
     if missing:
         text += [f"Not finished: {', '.join(missing)}.", ""]
     text += [f"![{study.name}](results.png)", ""]

@@ -13,14 +13,17 @@ import json
 import os
 import time
 
+import jax
 from absl import logging
 
 from gcn_jax.errors import InputError
 from gcn_jax.study.grid import Study, Variant, variant_config
+from gcn_jax.training.loop import NonFiniteLossError, train_and_evaluate
 
 RESULT_FILE = "study_result.json"
 SECONDS_FILE = "study_seconds.json"  # training time accumulated over the attempts of one run
 STUDY_FILE = "study.json"
+
 SUMMARY_KEYS = ("miou", "pixel_accuracy", "mean_class_accuracy", "boundary_accuracy", "interior_accuracy",
                 "per_class_iou")
 
@@ -30,7 +33,10 @@ def run_dir(workdir: str, variant: Variant, seed: int) -> str:
 
 
 def write_json(path: str, data) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    """Write ``data`` to ``path`` whole or not at all (a temporary file renamed over it); on process 0 only,
+    as the processes of a multi-host study share the workdir."""
+    if jax.process_index() != 0:
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2)
@@ -123,29 +129,28 @@ def run_variant(config, variant: Variant, seed: int, workdir: str, train=None, e
             logging.info("study: %s seed %d reused from %s", variant.name, seed, other)
             write_json(os.path.join(directory, RESULT_FILE), done)
             return done
-    train, evaluate = train or _train, evaluate or evaluate_checkpoint
+    train, evaluate = train or train_and_evaluate, evaluate or evaluate_checkpoint
     logging.info("study: training %s seed %d in %s", variant.name, seed, directory)
     seconds_path = os.path.join(directory, SECONDS_FILE)
     seconds = read_json(seconds_path)["train_seconds"] if os.path.exists(seconds_path) else 0.0
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), None
     try:
         summary = train(config, directory)
+    except NonFiniteLossError as e:  # recorded as a result: the other variants still run
+        summary, failed = None, str(e)
     finally:  # also the time of an interrupted attempt counts
-        write_json(seconds_path, {"train_seconds": seconds + time.perf_counter() - start})
+        seconds += time.perf_counter() - start
+        write_json(seconds_path, {"train_seconds": seconds})
     step = config.num_train_steps
-    if summary is None or config.eval.max_batches:  # a run finished earlier, or evaluated on part of the split
+    if failed:
+        summary = dict.fromkeys(SUMMARY_KEYS)
+    elif summary is None or config.eval.max_batches:  # a run finished earlier, or evaluated on part of the split
         summary, step = evaluate(config, directory)
     result = {"variant": variant.name, "kind": variant.kind, "k": variant.k, "seed": seed, "step": step,
-              **{key: summary[key] for key in SUMMARY_KEYS}, **param_counts(config),
-              "train_seconds": read_json(seconds_path)["train_seconds"]}
+              **{key: summary[key] for key in SUMMARY_KEYS}, **param_counts(config), "train_seconds": seconds,
+              **({"failed": failed} if failed else {})}
     write_json(os.path.join(directory, RESULT_FILE), result)
     return result
-
-
-def _train(config, directory: str):
-    from gcn_jax.training.loop import train_and_evaluate
-
-    return train_and_evaluate(config, directory)
 
 
 def evaluate_checkpoint(config, directory: str) -> tuple[dict, int]:
