@@ -191,6 +191,13 @@ def test_quick_study_command_end_to_end(data_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training" not in again.stderr and os.path.exists(os.path.join(workdir, "results.md"))
     assert os.listdir(os.path.join(workdir, "gcn_k3", "seed0", "checkpoints")) == checkpoints
+    # A run whose result file is lost (killed between training and writing it) is evaluated from its checkpoint.
+    result_file = os.path.join(workdir, "gcn_k3", "seed0", runner.RESULT_FILE)
+    os.remove(result_file)
+    evaluated = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(open(result_file).read())["miou"] == pytest.approx(data["runs"][1]["miou"], abs=1e-6)
+    assert os.listdir(os.path.join(workdir, "gcn_k3", "seed0", "checkpoints")) == checkpoints
     missing = subprocess.run(command[:-5] + ["--report", "--seeds=2"] + command[-5:], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 0 and "Not finished: base/seed1, gcn_k3/seed1." in missing.stdout
@@ -211,6 +218,7 @@ def test_reuse_takes_over_only_runs_of_the_same_config(tmp_path):
     results = runner.run_study(grid.get_study("br"), config, second.root, 1, (), second.train, second.evaluate,
                                reuse=(first.root,))
     assert second.trained == ["gcn_br_k15/seed0"]
+    assert os.path.exists(os.path.join(second.root, "base", "seed0", "config.json"))  # reusable in turn
     assert [r.get("reused_from") for r in results] == [os.path.join(first.root, "base", "seed0"),
                                                        os.path.join(first.root, "gcn_k15", "seed0"), None]
     third = FakeTraining()
@@ -246,3 +254,42 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| base (1x1) | — | 69.0 | 3,072 |" in text
     assert "Stopped on a non-finite loss (no mIoU, left out of the means): base/seed0." in text
+
+
+def test_a_run_finished_earlier_or_evaluated_on_part_of_the_split_is_evaluated_from_its_checkpoint(tmp_path):
+    config = study_config.get_config()
+    evaluated = []
+
+    def evaluate(config, workdir):
+        evaluated.append((os.path.basename(os.path.dirname(workdir)), config.eval.max_batches))
+        return _summary(0.42), config.num_train_steps
+
+    variant = grid.get_study("kernel_size").variants((3,))[1]
+    result = runner.run_variant(config, variant, 0, str(tmp_path / "a"), lambda c, w: None, evaluate)
+    assert result["miou"] == 0.42 and result["step"] == 1800 and evaluated == [("gcn_k3", 0)]
+    config.eval.max_batches = 2  # the loop's own final evaluation saw only part of the split
+    result = runner.run_variant(config, variant, 0, str(tmp_path / "b"), lambda c, w: _summary(0.9), evaluate)
+    assert result["miou"] == 0.42 and evaluated[-1] == ("gcn_k3", 2)
+
+
+def test_report_refuses_a_workdir_of_another_study_or_config_and_shows_missing_seeds(tmp_path):
+    from gcn_jax.study import command
+
+    config = study_config.get_config()
+    fake = FakeTraining()
+    fake.root = str(tmp_path)
+    runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (3,), fake.train, fake.evaluate)
+    main = lambda study, seeds=2, ks=(): command.main(study, config, fake.root, seeds, list(ks), True, "c.py")  # noqa
+    with pytest.raises(InputError, match="holds the study 'kernel_size', not 'gcn_vs_conv'"):
+        main("gcn_vs_conv", ks=("3",))
+    with pytest.raises(InputError, match="--seeds=0: expected at least 1"):
+        main("kernel_size", seeds=0)
+    with pytest.raises(InputError, match="--kernel_sizes=3,x: expected odd integers"):
+        main("kernel_size", ks=("3", "x"))
+    with pytest.raises(InputError, match="no study has run there"):
+        command.main("kernel_size", config, str(tmp_path / "empty"), 1, [], True, "c.py")
+    with pytest.raises(InputError, match="--config.model.kernel_size=K"):
+        grid.get_study("br").variants((7,))
+    main("kernel_size", seeds=2, ks=("3",))  # seed 1 was never run
+    text = (tmp_path / "results.md").read_text()
+    assert "| 3 | 53.0 (n=1) | 70.1 |" in text and "Not finished: base/seed1, gcn_k3/seed1." in text

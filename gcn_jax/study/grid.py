@@ -50,6 +50,9 @@ class Study:
     def variants(self, kernel_sizes: tuple[int, ...] = (), config_kernel_size: int = 15) -> list[Variant]:
         """The grid: the 1x1 base (where the table has one), then each kind at each k."""
         if self.name == "br":
+            if kernel_sizes:
+                raise InputError("--kernel_sizes: the br study compares base, GCN and GCN + BR at one k, the "
+                                 "config's: pass --config.model.kernel_size=K instead")
             k = config_kernel_size
             return [_variant("base", None, use_br=False), _variant("gcn", k, use_br=False),
                     _variant("gcn_br", k, use_br=True)]

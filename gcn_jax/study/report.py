@@ -11,7 +11,8 @@ from gcn_jax.study.grid import PAPER_BR, PAPER_MIOU, Study, Variant
 from gcn_jax.study.runner import write_json
 
 CSV_FIELDS = ("variant", "kind", "k", "seed", "step", "miou", "pixel_accuracy", "mean_class_accuracy",
-              "boundary_accuracy", "interior_accuracy", "params", "head_params", "res5_head_params", "train_seconds")
+              "boundary_accuracy", "interior_accuracy", "params", "head_params", "res5_head_params", "train_seconds",
+              "reused_from", "failed")
 METRICS = ("miou", "boundary_accuracy", "interior_accuracy", "pixel_accuracy")
 KIND_NAMES = {"base": "base (1x1)", "gcn": "GCN", "conv": "k x k conv", "stack": "3x3 stack", "gcn_br": "GCN + BR"}
 
@@ -42,10 +43,12 @@ def aggregate(variants: list[Variant], results: list[dict]) -> list[dict]:
     return rows
 
 
-def _cell(stats: dict | None) -> str:
+def _cell(stats: dict | None, seeds: int | None = None) -> str:
+    """mean ± sd; (n=...) where fewer seeds than the study's went into it (others unfinished or diverged)."""
     if stats is None:
         return "—"
-    return f"{stats['mean']:.1f}" if stats["n"] == 1 else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    text = f"{stats['mean']:.1f}" if stats["n"] == 1 else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    return text if seeds is None or stats["n"] == seeds else f"{text} (n={stats['n']})"
 
 
 def _paper(value) -> str:
@@ -56,7 +59,7 @@ def _row(rows: list[dict], kind: str, k) -> dict | None:
     return next((r for r in rows if r["kind"] == kind and r["k"] == k), None)
 
 
-def markdown_tables(study: Study, rows: list[dict]) -> list[str]:
+def markdown_tables(study: Study, rows: list[dict], seeds: int | None = None) -> list[str]:
     """The paper-shaped table of ``study``: for the k studies one row per k with each head's mIoU (mean ± sd over
     seeds) and the paper's; for `br` the boundary / interior accuracy and mIoU of each variant."""
     if study.name == "br":
@@ -66,7 +69,8 @@ def markdown_tables(study: Study, rows: list[dict]) -> list[str]:
             paper = PAPER_BR.get(r["kind"]) if r["k"] in (None, 15) else None
             label = KIND_NAMES[r["kind"]] + ("" if r["k"] is None else f" (k={r['k']})")
             lines.append(f"| {label} | "
-                         f"{_cell(r['boundary_accuracy'])} | {_cell(r['interior_accuracy'])} | {_cell(r['miou'])} | "
+                         f"{_cell(r['boundary_accuracy'], seeds)} | {_cell(r['interior_accuracy'], seeds)} | "
+                         f"{_cell(r['miou'], seeds)} | "
                          f"{' / '.join(map(_paper, paper)) if paper else '—'} |")
         return lines
     kinds = [k for k in study.kinds if k != "base"]
@@ -75,12 +79,12 @@ def markdown_tables(study: Study, rows: list[dict]) -> list[str]:
              "|---|" + "---|" * (3 * len(kinds))]
     base = _row(rows, "base", None)
     if base is not None:
-        cells = " | ".join([_cell(base["miou"]), _paper(base["paper_miou"])] + ["", ""] * (len(kinds) - 1))
+        cells = " | ".join([_cell(base["miou"], seeds), _paper(base["paper_miou"])] + ["", ""] * (len(kinds) - 1))
         lines.append(f"| base (1x1) | {cells} | {base['res5_head_params']:,} |" + " |" * (len(kinds) - 1))
     for k in sorted({r["k"] for r in rows if r["k"] is not None}):
         found = [_row(rows, kind, k) for kind in kinds]
         cells = [c for kind, r in zip(kinds, found)
-                 for c in (_cell(r and r["miou"]), _paper(PAPER_MIOU.get(kind, {}).get(k)))]
+                 for c in (_cell(r and r["miou"], seeds), _paper(PAPER_MIOU.get(kind, {}).get(k)))]
         params = [f"{r['res5_head_params']:,}" if r else "—" for r in found]
         lines.append(f"| {k} | " + " | ".join(cells + params) + " |")
     return lines
@@ -110,15 +114,18 @@ def write_report(workdir: str, study: Study, variants: list[Variant], results: l
         writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(results, key=lambda r: ([v.name for v in variants].index(r["variant"]), r["seed"])))
-    total = sum(r["train_seconds"] for r in results)
+    total = sum(r["train_seconds"] for r in results if not r.get("reused_from"))
+    reused = sum(1 for r in results if r.get("reused_from"))
     text = [f"# Study `{study.name}` (the paper's {study.table}): {study.description}", "",
             f"Config `{about['config']}`, {about['num_train_steps']:,} steps per run, seeds {about['seeds']}; "
-            f"{len(results)} runs finished, {total / 60:.0f} min of training in all. mIoU and accuracies in %, "
+            f"{len(results)} runs finished ({reused} of them taken over from another study with --reuse), "
+            f"{total / 60:.0f} min of training in this study. mIoU and accuracies in %, "
             "mean ± sample standard deviation over seeds; the paper's figures are PASCAL VOC 2012 val, for "
-            "reference only.", "", *markdown_tables(study, rows), "", *detail_table(rows), ""]
+            "reference only.", "", *markdown_tables(study, rows, len(about["seeds"])), "", *detail_table(rows), ""]
     failed = [f"{r['variant']}/seed{r['seed']}" for r in results if r.get("failed")]
     if failed:
-        text += [f"Stopped on a non-finite loss (no mIoU, left out of the means): {', '.join(failed)}.", ""]
+        text += [f"Stopped on a non-finite loss (no mIoU, left out of the means): {', '.join(failed)}. Delete "
+                 "a run's study_result.json to train it again.", ""]
     if missing:
         text += [f"Not finished: {', '.join(missing)}.", ""]
     text += [f"![{study.name}](results.png)", ""]
@@ -138,15 +145,7 @@ def plot(path: str, study: Study, rows: list[dict]) -> None:
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     if study.name == "br":
-        names = ("boundary_accuracy", "interior_accuracy", "miou")
-        for i, r in enumerate(rows):
-            for j, name in enumerate(names):
-                s = r[name]
-                if s is not None:
-                    ax.bar(j + (i - 1) * 0.27, s["mean"], 0.25, yerr=[[s["mean"] - s["min"]], [s["max"] - s["mean"]]],
-                           label=KIND_NAMES[r["kind"]] if j == 0 else None, color=f"C{i}", capsize=3)
-        ax.set_xticks(range(3), ["boundary acc.", "interior acc.", "mIoU"])
-        ax.set_ylabel("%")
+        _bars(ax, rows)
     else:
         for i, kind in enumerate(k for k in study.kinds if k != "base"):
             found = sorted((r for r in rows if r["kind"] == kind and r["miou"]), key=lambda r: r["k"])
@@ -158,7 +157,8 @@ def plot(path: str, study: Study, rows: list[dict]) -> None:
                       [r["miou"]["max"] - r["miou"]["mean"] for r in found]]
             ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=KIND_NAMES[kind], color=f"C{i}")
             for r in found:
-                ax.scatter([r["k"]] * len(r["miou_per_seed"]), r["miou_per_seed"], s=8, color=f"C{i}", alpha=0.5)
+                per_seed = [v for v in r["miou_per_seed"] if v is not None]
+                ax.scatter([r["k"]] * len(per_seed), per_seed, s=8, color=f"C{i}", alpha=0.5)
         base = _row(rows, "base", None)
         if base is not None and base["miou"]:
             ax.axhline(base["miou"]["mean"], color="gray", linestyle="--", label="base (1x1)")
@@ -170,3 +170,23 @@ def plot(path: str, study: Study, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     figure.savefig(path)
+
+
+def _bars(ax, rows: list[dict]) -> None:
+    """Table 5 as bars: boundary accuracy, interior accuracy and mIoU, one colour per variant, min-max over
+    seeds; the axis starts near the lowest value, as the differences are a few points."""
+    names, kinds = ("boundary_accuracy", "interior_accuracy", "miou"), ("base", "gcn", "gcn_br")
+    lows = []
+    for i, kind in enumerate(kinds):
+        r = next((r for r in rows if r["kind"] == kind), None)
+        label = KIND_NAMES[kind]
+        for j, name in enumerate(names):
+            s = r and r[name]
+            if s:
+                ax.bar(j + (i - 1) * 0.27, s["mean"], 0.25, yerr=[[s["mean"] - s["min"]], [s["max"] - s["mean"]]],
+                       label=label, color=f"C{i}", capsize=3)
+                label, lows = None, lows + [s["min"]]
+    ax.set_xticks(range(3), ["boundary acc.", "interior acc.", "mIoU"])
+    ax.set_ylabel("%")
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 5), 100)

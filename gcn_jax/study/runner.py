@@ -48,10 +48,14 @@ def read_json(path: str):
         return json.load(f)
 
 
-def check_study_workdir(workdir: str, study: Study, config) -> None:
-    """Record the study and its config in <workdir>/study.json, or refuse a workdir that holds another one."""
+def check_study_workdir(workdir: str, study: Study, config, record: bool = True) -> None:
+    """Refuse a workdir whose study.json holds another study, or this one with another config; otherwise
+    record them there when ``record`` (a study that trains), or, without it (--report), refuse a workdir that
+    holds no study."""
     path = os.path.join(workdir, STUDY_FILE)
     mine = {"study": study.name, "config": json.loads(config.to_json_best_effort())}
+    if not record and not os.path.exists(path):
+        raise InputError(f"{workdir}: no study has run there ({STUDY_FILE} is missing); run it without --report first")
     if os.path.exists(path):
         saved = read_json(path)
         if saved.get("study") != study.name:
@@ -60,7 +64,7 @@ def check_study_workdir(workdir: str, study: Study, config) -> None:
         differences = _differences(saved.get("config", {}), mine["config"])
         if differences:
             raise InputError(f"{workdir} holds this study run with another config ({'; '.join(differences[:5])}): "
-                             "use another --workdir, or the same config to resume it")
+                             "use another --workdir, or the same config to resume or report it")
         return
     os.makedirs(workdir, exist_ok=True)
     write_json(path, mine)
@@ -120,13 +124,14 @@ def run_variant(config, variant: Variant, seed: int, workdir: str, train=None, e
     directory = run_dir(workdir, variant, seed)
     done = finished_result(directory, config)
     if done is not None:
-        logging.info("study: %s seed %d finished earlier: mIoU %.4f", variant.name, seed, done["miou"] or 0)
+        logging.info("study: %s seed %d finished earlier", variant.name, seed)
         return done
     os.makedirs(directory, exist_ok=True)
     for other in reuse:
         done = reusable_result(run_dir(other, variant, seed), config)
         if done is not None:
             logging.info("study: %s seed %d reused from %s", variant.name, seed, other)
+            write_json(os.path.join(directory, "config.json"), json.loads(config.to_json_best_effort()))
             write_json(os.path.join(directory, RESULT_FILE), done)
             return done
     train, evaluate = train or train_and_evaluate, evaluate or evaluate_checkpoint
@@ -136,8 +141,8 @@ def run_variant(config, variant: Variant, seed: int, workdir: str, train=None, e
     start, failed = time.perf_counter(), None
     try:
         summary = train(config, directory)
-    except NonFiniteLossError as e:  # recorded as a result: the other variants still run
-        summary, failed = None, str(e)
+    except NonFiniteLossError as e:  # recorded as a result: the other variants still run; deleting
+        summary, failed = None, str(e)  # study_result.json retries it
     finally:  # also the time of an interrupted attempt counts
         seconds += time.perf_counter() - start
         write_json(seconds_path, {"train_seconds": seconds})
@@ -171,8 +176,6 @@ def run_study(study: Study, config, workdir: str, seeds: int, kernel_sizes=(), t
     for other in reuse:
         if not os.path.isfile(os.path.join(other, STUDY_FILE)):
             raise InputError(f"--reuse={other}: not a study workdir (it has no {STUDY_FILE})")
-    if seeds < 1:
-        raise InputError(f"--seeds={seeds}: expected at least 1")
     check_study_workdir(workdir, study, config)
     results = []
     for variant in study.variants(kernel_sizes, config.model.kernel_size):
