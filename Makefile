@@ -20,7 +20,7 @@ demo:
 
 test:
 	@scripts/bootstrap.sh requirements-dev.txt
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint:
 	@scripts/bootstrap.sh requirements-dev.txt
@@ -29,4 +29,4 @@ lint:
 # Everything but the tests marked slow.
 test-fast:
 	@scripts/bootstrap.sh requirements-dev.txt
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
