@@ -174,7 +174,7 @@ def part_of(config):
     height, width = size_pair(config.crop_size, "crop_size")
     batch, dtype = config.global_batch_size, jnp.dtype(config.model.dtype)
     if FLAGS.part == "backbone":
-        module = ResNet(config.model.backbone, config.model.frozen_bn, dtype)
+        module = ResNet(config.model.backbone, config.model.frozen_bn, dtype, config.model.backbone_width)
 
         def apply(variables, x, train):
             if train:

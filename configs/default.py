@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_classes = 21
     # resnet18/34/50/101/152, or resnet50_gcn/101_gcn/152_gcn (Figure 5's ResNet-GCN backbone).
     config.model.backbone = "resnet152"
+    # Base width of the backbone: 64 is the standard ResNet (and the only one pretrained weights fit); 16 is a
+    # quarter of the channels in every layer, for training from scratch on larger images (configs/study_large.py).
+    config.model.backbone_width = 64
     # Score head per stage: gcn (Fig. 2B) | conv (trivial k x k, Table 2) | stack (Tables 3-4) | base (1x1, Table 1).
     config.model.head = "gcn"
     config.model.kernel_size = 15  # k, odd; one value for all stages as in the paper

@@ -33,6 +33,55 @@ def test_param_counts_equal_torchvision(arch, expected):
     assert trunk == expected - fc  # the segmentation backbone has no classifier (ResNet-50: 23,508,032)
 
 
+def _trunk_params(arch: str, w: int) -> int:
+    """Parameters of a ResNet trunk of base width w, counted layer by layer from the architecture (conv
+    weights without bias, 2 per BN channel), independently of the module."""
+    block, counts = resnet.RESNET_SPECS[arch]
+    total, cin = 3 * 7 * 7 * w + 2 * w, w  # conv1 + bn1
+    for stage, n in enumerate(counts):
+        width = w * 2 ** stage
+        cout = width if block == "basic" else 4 * width
+        for i in range(n):
+            if block == "basic":  # 3x3, 3x3
+                total += 9 * cin * width + 9 * width * width + 4 * width
+            else:  # 1x1 reduce, 3x3, 1x1 expand
+                total += cin * width + 9 * width * width + width * cout + 4 * width + 2 * cout
+            if i == 0 and (stage > 0 or cin != cout):  # projection shortcut + BN
+                total += cin * cout + 2 * cout
+            cin = cout
+    return total
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_narrow_backbones_have_the_counted_parameters_and_channels(arch):
+    fc = stage_channels(arch)[-1] * 1000 + 1000
+    assert _trunk_params(arch, 64) == TORCHVISION_PARAMS[arch] - fc  # the count is torchvision's at width 64
+    for w in (16, 8):
+        v = abstract_variables(ResNet(arch, width=w), (1, 64, 64, 3))
+        assert count_params(v["params"]) == _trunk_params(arch, w)
+        expansion = 1 if arch == "resnet18" else 4
+        assert stage_channels(arch, w) == tuple(expansion * w * m for m in (1, 2, 4, 8))
+        out = jax.eval_shape(ResNet(arch, width=w).apply, v, jnp.zeros((1, 97, 131, 3)))
+        assert [f.shape for f in out] == [(1, math.ceil(97 / s), math.ceil(131 / s), c)
+                                          for s, c in zip((4, 8, 16, 32), stage_channels(arch, w))]
+    # A quarter of the width: between 1/16 and 1/12 of the multiply-adds (the stem conv, whose 3 input channels
+    # do not narrow, costs a quarter; BN, ReLU and pooling scale with the channels).
+    ratio = forward_flops(ResNet(arch, width=16), (1, 224, 224, 3)) / forward_flops(ResNet(arch), (1, 224, 224, 3))
+    assert 1 / 16 < ratio < 1 / 12
+
+
+def test_narrow_resnet_gcn_scales_the_branch_widths():
+    v = abstract_variables(ResNet("resnet50_gcn", width=16), (1, 64, 64, 3))["params"]
+    assert v["layer3_0"]["conv_a1"]["kernel"].shape == (1, 5, 128, 21)  # m' = 85 x 16/64, rounded; k = 5
+    assert v["layer4_0"]["conv_b2"]["kernel"].shape == (1, 7, 32, 32)  # m' = 128 x 16/64; k = 7
+
+
+@pytest.mark.parametrize("width", [0, -16, 16.0, True])
+def test_bad_backbone_width_is_refused(width):
+    with pytest.raises(ValueError, match=f"backbone width must be a positive int .*got {width!r}"):
+        ResNet("resnet18", width=width).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("hw", [(97, 131), (224, 224), (500, 375)])
 def test_stage_shapes_are_ceil_of_stride(arch, hw):

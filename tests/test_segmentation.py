@@ -102,6 +102,7 @@ def test_per_stage_kernel_sizes():
     ({"kernel_size": (15, 11)}, "one int or 4 ints"),
     ({"backbone": "resnet51"}, "unknown backbone 'resnet51'"),
     ({"head": "dense"}, "unknown head 'dense'"),
+    ({"backbone_width": 0}, "backbone width must be a positive int .*got 0"),
 ])
 def test_bad_settings_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -154,6 +155,10 @@ def test_configs_build_the_papers_models():
     cfg.model.dtype = "bfloat16"
     m = build_model(cfg.model)
     assert m.stage_kernel_sizes() == (15, 13, 11, 9) and m.dtype == jnp.bfloat16
+    cfg.model.backbone_width = 16
+    v = abstract_variables(build_model(cfg.model), (1, 64, 64, 3))["params"]
+    assert v["backbone"]["conv1"]["kernel"].shape == (7, 7, 3, 16)
+    assert v["head_res5"]["left_kx1"]["kernel"].shape == (9, 1, 8 * 16 * 4, 21)  # res-5 of a width-16 ResNet-152, k=9
     cfg.model.dtype = "float16"
     with pytest.raises(ValueError, match="model.dtype must be one of .*'float16'"):
         build_model(cfg.model)

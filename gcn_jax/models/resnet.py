@@ -78,11 +78,19 @@ RESNET_GCN_STAGES: dict[int, tuple[int, int]] = {2: (5, 85), 3: (7, 128)}
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 
-def stage_channels(name: str) -> tuple[int, int, int, int]:
-    """Channels of res-2..res-5 for a backbone name (256..2048 for bottleneck nets, 64..512 for basic)."""
+def stage_widths(width: int = 64) -> tuple[int, int, int, int]:
+    """Bottleneck (or basic-block) widths of res-2..res-5 for a base width: (64, 128, 256, 512) at 64."""
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"backbone width must be a positive int (64 is the standard ResNet), got {width!r}")
+    return (width, 2 * width, 4 * width, 8 * width)
+
+
+def stage_channels(name: str, width: int = 64) -> tuple[int, int, int, int]:
+    """Channels of res-2..res-5 for a backbone name (256..2048 for bottleneck nets, 64..512 for basic) and base
+    width (64 is the standard ResNet; 16 gives a quarter of the channels in every layer)."""
     block, _ = resnet_spec(name)
     expansion = 4 if block == "bottleneck" else 1
-    return tuple(w * expansion for w in STAGE_WIDTHS)  # type: ignore[return-value]
+    return tuple(w * expansion for w in stage_widths(width))  # type: ignore[return-value]
 
 
 def resnet_spec(name: str) -> tuple[str, tuple[int, int, int, int]]:
@@ -198,11 +206,17 @@ class ResNet(nn.Module):
 
     `frozen_bn=True` always normalises with the running statistics and never updates them (for fine-tuning
     with small per-device batches, such as the paper's batch size 1), whatever `train` says.
+
+    `width` is the base width: the stem's channels and res-2's block width, doubled at each later stage. 64 is
+    the standard (torchvision's, the only width pretrained weights exist for); a narrower net (16: a quarter of
+    the channels, about 1/16 of the multiply-adds) trains from scratch on larger images at the same cost. The
+    ResNet-GCN blocks' m' (Table 11) scale with it.
     """
 
     arch: str = "resnet50"  # a key of RESNET_SPECS
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    width: int = 64
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -217,17 +231,19 @@ class ResNet(nn.Module):
             dtype=self.dtype,
         )
         x = x.astype(self.dtype)
-        x = conv(64, (7, 7), 2, padding=_pad(7), name="conv1")(x)
+        widths = stage_widths(self.width)
+        x = conv(widths[0], (7, 7), 2, padding=_pad(7), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
 
         features = []
-        for stage, (count, width) in enumerate(zip(counts, STAGE_WIDTHS)):
+        for stage, (count, width) in enumerate(zip(counts, widths)):
             for i in range(count):
                 strides = 2 if stage > 0 and i == 0 else 1
                 name = f"layer{stage + 1}_{i}"
                 if use_gcn and stage in RESNET_GCN_STAGES:
                     k, m = RESNET_GCN_STAGES[stage]
+                    m = max(1, round(m * self.width / 64))
                     block = GCNBottleneck(width, k, m, strides, conv=conv, norm=norm, name=name)
                 elif block_kind == "bottleneck":
                     block = Bottleneck(width, strides, conv=conv, norm=norm, name=name)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gcn_jax.models.blocks import BoundaryRefinement, Deconv2x, check_head, make_head
-from gcn_jax.models.resnet import ResNet, resnet_spec
+from gcn_jax.models.resnet import ResNet, resnet_spec, stage_widths
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -39,6 +39,7 @@ class GCNSegmentation(nn.Module):
       use_br: the 9 Boundary Refinement blocks on (Fig. 2) or off (Tables 1-4).
       deconv_kernel_size: see `blocks.Deconv2x` (3 keeps the backbone's pixel alignment exactly).
       frozen_bn: backbone BN always uses running statistics.
+      backbone_width: the backbone's base width (`resnet.ResNet.width`; 64 is the standard ResNet).
       dtype: compute dtype (float32 or bfloat16); parameters stay float32 and logits are returned as float32.
 
     Returns:
@@ -55,9 +56,11 @@ class GCNSegmentation(nn.Module):
     deconv_kernel_size: int = 3
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    backbone_width: int = 64
 
     def __post_init__(self):
         resnet_spec(self.backbone)
+        stage_widths(self.backbone_width)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         for stage, k in zip(STAGES, self.stage_kernel_sizes()):
@@ -79,7 +82,8 @@ class GCNSegmentation(nn.Module):
             raise ValueError(f"images must be (batch, height, width, channels), got shape {images.shape}")
         height, width = images.shape[1:3]
         c = self.num_classes
-        features = ResNet(self.backbone, self.frozen_bn, self.dtype, name="backbone")(images, train)
+        trunk = ResNet(self.backbone, self.frozen_bn, self.dtype, self.backbone_width, name="backbone")
+        features = trunk(images, train)
 
         def refine(x, name):
             return BoundaryRefinement(dtype=self.dtype, name=name)(x) if self.use_br else x
@@ -121,4 +125,5 @@ def build_model(model_config) -> GCNSegmentation:
         deconv_kernel_size=cfg.deconv_kernel_size,
         frozen_bn=cfg.frozen_bn,
         dtype=dtypes[cfg.dtype],
+        backbone_width=cfg.backbone_width,
     )
