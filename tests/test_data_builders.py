@@ -442,3 +442,14 @@ def test_synthetic_sizes_and_counts_are_configurable(tmp_path):
     train = load_source("synthetic_shapes/wide", "train", str(tmp_path))
     assert len(train) == 5 and len(load_source("synthetic_shapes/wide", "validation", str(tmp_path))) == 3
     assert train[0]["image"].shape == (24, 40, 3) and train[0]["label"].shape == (24, 40, 1)
+
+
+def test_large384_is_the_large_set_at_three_times_the_side():
+    """The second study's set (configs/study_large.py) draws the same scenes as `large`, three times as large:
+    only the sampling of the outlines differs."""
+    configs = synthetic.SyntheticShapes.builder_configs
+    for i in range(4):
+        small, big = synthetic.render(configs["large"], "train", i), synthetic.render(configs["large384"], "train", i)
+        assert big[0].shape == (384, 384, 3) and big[1].shape == (384, 384)
+        assert np.mean(big[1][1::3, 1::3] == small[1]) > 0.98  # the pixel at the centre of each 3x3 cell
+        assert set(np.unique(big[1])) == set(np.unique(small[1]))

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -128,6 +130,41 @@ def test_another_config_or_study_in_the_same_workdir_is_refused(tmp_path):
         runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (3,), fake.train, fake.evaluate)
     with pytest.raises(InputError, match="holds the study 'kernel_size', not 'br'"):
         runner.run_study(grid.get_study("br"), config, fake.root, 1, (), fake.train, fake.evaluate)
+
+
+def test_configs_saved_before_a_field_was_added_still_match_at_its_default(tmp_path):
+    config = study_config.get_config()
+    fake = FakeTraining()
+    fake.root = str(tmp_path / "old")
+    runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (15,), fake.train, fake.evaluate)
+    # Make the saved configs look written by a gcn-jax from before `model.backbone_width` existed.
+    path = os.path.join(fake.root, runner.STUDY_FILE)
+    with open(path) as f:
+        saved = json.load(f)
+    del saved["config"]["model"]["backbone_width"]
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    for name in ("base", "gcn_k15"):  # and what the training loop wrote beside their checkpoints
+        variant = next(v for v in grid.get_study("br").variants((), 15) if v.name == name)
+        saved = json.loads(grid.variant_config(config, variant, 0).to_json_best_effort())
+        del saved["model"]["backbone_width"]
+        with open(os.path.join(fake.root, name, "seed0", "config.json"), "w") as f:
+            json.dump(saved, f)
+    fake.trained.clear()
+    runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (15,), fake.train, fake.evaluate)
+    assert fake.trained == []  # the same study and config: nothing to train, and --report reads it
+    newer = FakeTraining()
+    newer.root = str(tmp_path / "br")
+    runner.run_study(grid.get_study("br"), config, newer.root, 1, (), newer.train, newer.evaluate, reuse=(fake.root,))
+    assert newer.trained == ["gcn_br_k15/seed0"]  # the old runs are taken over
+    config.model.backbone_width = 16  # but a config that sets the new field otherwise is another config
+    with pytest.raises(InputError, match="model.backbone_width: 64 then, 16 now"):
+        runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (15,), fake.train, fake.evaluate)
+    narrow = FakeTraining()
+    narrow.root = str(tmp_path / "br_narrow")
+    runner.run_study(grid.get_study("br"), config, narrow.root, 1, (), narrow.train, narrow.evaluate,
+                     reuse=(fake.root,))
+    assert narrow.trained == ["base/seed0", "gcn_k15/seed0", "gcn_br_k15/seed0"]
 
 
 def test_report_tables_carry_mean_and_spread_over_seeds(tmp_path):
@@ -293,3 +330,22 @@ def test_report_refuses_a_workdir_of_another_study_or_config_and_shows_missing_s
     main("kernel_size", seeds=2, ks=("3",))  # seed 1 was never run
     text = (tmp_path / "results.md").read_text()
     assert "| 3 | 53.0 (n=1) | 70.1 |" in text and "Not finished: base/seed1, gcn_k3/seed1." in text
+
+
+def test_the_large_study_task_changes_only_size_width_and_batch():
+    """configs/study_large.py: the same task and schedule as configs/study.py at 384² with a width-16 ResNet-18
+    and batch 4, where the res-5 map is 12x12 (k = 15 about its size, as in the paper) and the config is valid."""
+    from configs import study_large
+    from gcn_jax.models import ResNet
+    from gcn_jax.models.summary import abstract_variables
+    from gcn_jax.training.config_checks import check_config
+
+    small, large = study_config.get_config(), study_large.get_config()
+    changed = runner._differences(json.loads(small.to_json_best_effort()), json.loads(large.to_json_best_effort()))
+    assert sorted(line.split(":")[0] for line in changed) == [
+        "crop_size", "data.eval_pad_size", "data.name", "global_batch_size", "model.backbone_width"]
+    check_config(large, num_devices=1)
+    trunk = ResNet(large.model.backbone, width=large.model.backbone_width)
+    features = jax.eval_shape(lambda v: trunk.apply(v, jnp.zeros((1, 384, 384, 3))),
+                              abstract_variables(trunk, (1, 384, 384, 3)))
+    assert [f.shape[1:] for f in features] == [(96, 96, 16), (48, 48, 32), (24, 24, 64), (12, 12, 128)]

@@ -139,6 +139,11 @@ class SyntheticShapes(common.ArrayRecordBuilder):
                               description="128x128, 2,000 / 200 images; flat colours, 1-3 objects of 30-90% of "
                                           "the side, so most are larger than a small backbone's valid receptive "
                                           "field: the ablation study's set (configs/study.py)."),
+        SyntheticShapesConfig(name="large384", height=384, width=384, textures=("flat",),
+                              background_textures=("flat",), max_objects=3, min_size=0.3, max_size=0.9,
+                              description="384x384, 2,000 / 200 images: `large` at three times the side, where a "
+                                          "stride-32 backbone's res-5 map is 12x12, so k = 3-15 spans the range "
+                                          "up to the map's size as in the paper (configs/study_large.py)."),
         SyntheticShapesConfig(name="tiny", height=48, width=64, num_train=24, num_validation=10,
                               description="48x64, 24 / 10 images: for tests and quick checks."),
     ]

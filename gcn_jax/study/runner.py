@@ -61,13 +61,24 @@ def check_study_workdir(workdir: str, study: Study, config, record: bool = True)
         if saved.get("study") != study.name:
             raise InputError(f"{workdir} holds the study {saved.get('study')!r}, not {study.name!r}: use another "
                              "--workdir")
-        differences = _differences(saved.get("config", {}), mine["config"])
+        differences = _differences(_completed(saved.get("config", {}), path), mine["config"])
         if differences:
             raise InputError(f"{workdir} holds this study run with another config ({'; '.join(differences[:5])}): "
                              "use another --workdir, or the same config to resume or report it")
         return
     os.makedirs(workdir, exist_ok=True)
     write_json(path, mine)
+
+
+def _completed(saved: dict, path: str) -> dict:
+    """A saved config with the fields added to gcn-jax since at their defaults (what the run used), as JSON
+    values; a field this version does not know is an InputError."""
+    from configs import run
+
+    try:
+        return json.loads(run.from_saved(saved, path).to_json_best_effort())
+    except KeyError as e:
+        raise InputError(e.args[0]) from None
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -109,7 +120,10 @@ def reusable_result(directory: str, config) -> dict | None:
     config_path = os.path.join(directory, "config.json")
     if done is None or not os.path.exists(config_path):
         return None
-    if read_json(config_path) != json.loads(config.to_json_best_effort()):
+    try:
+        if _completed(read_json(config_path), config_path) != json.loads(config.to_json_best_effort()):
+            return None
+    except InputError:  # saved by a gcn-jax with fields this one does not know: not the same config
         return None
     return {**done, "reused_from": done.get("reused_from", os.path.abspath(directory))}
 
