@@ -35,7 +35,7 @@ def main(argv):
     config = FLAGS.config
     try:  # the model's own checks of the config (kernel size, backbone, head)
         if FLAGS.imagenet:
-            model = ResNetClassifier(config.model.backbone)
+            model = ResNetClassifier(config.model.backbone, width=config.model.backbone_width)
             default = (224, 224)
         else:
             model = build_model(config.model)
@@ -44,7 +44,8 @@ def main(argv):
         raise InputError(f"invalid config: {e}") from e
     h, w = (int(v) for v in FLAGS.image_size.split(",")) if FLAGS.image_size else default
     shape = (1, h, w, 3)
-    print(f"model: {model.__class__.__name__}({config.model.backbone}) on {jax.devices()[0].platform}")
+    width = "" if config.model.backbone_width == 64 else f", width {config.model.backbone_width}"
+    print(f"model: {model.__class__.__name__}({config.model.backbone}{width}) on {jax.devices()[0].platform}")
     print(summary.format_summary(summary.summarize(model, shape)))
     if FLAGS.forward:
         start = time.perf_counter()

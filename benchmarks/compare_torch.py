@@ -10,7 +10,8 @@ same settings, run alternately as subprocesses for --rounds rounds; a table per 
 The JAX side is `train_step.py --config configs/voc.py` with --config.model.backbone, .kernel_size,
 .num_classes, .use_br, --config.crop_size and --config.global_batch_size set from the flags here (float32,
 SGD with momentum 0.9 and weight decay, as the torch side); arguments after `--` are added to its command line
-(e.g. more --config overrides). XLA's environment (XLA_FLAGS) is inherited. --torch-args go to torch_peer.py.
+(e.g. more --config overrides; not model.backbone_width, which the peer does not have). XLA's environment
+(XLA_FLAGS) is inherited. --torch-args go to torch_peer.py.
 Rounds alternate which side starts (JAX-torch, torch-JAX, ...), so a slow drift of the machine touches both
 alike; run it on a quiet machine. Each run is a fresh process with its own warm-up (--warmup, --reps, --steps
 as in train_step.py). torch is optional: `pip install -r requirements-bench.txt`.
@@ -109,6 +110,9 @@ def parse_args(argv):
         args.size = size_pair(args.size)
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
+    if any(a.startswith("--config.model.backbone_width") for a in extra):
+        parser.error("--config.model.backbone_width: the torch peer is the standard ResNet (width 64) only, so the "
+                     "comparison would not be like for like")
     return args, extra
 
 

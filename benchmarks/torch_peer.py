@@ -3,7 +3,8 @@
     python benchmarks/torch_peer.py --backbone resnet50 --kernel-size 15 --size 256 --batch 2 --reps 5 --steps 3
     python benchmarks/torch_peer.py --part backbone --mode train --json torch.json
 
-The network computes exactly the function of `gcn_jax/models/segmentation.py` (tests/test_torch_peer.py loads
+The network computes exactly the function of `gcn_jax/models/segmentation.py` at the standard backbone width
+(64; `model.backbone_width` has no peer here) (tests/test_torch_peer.py loads
 a flax model's variables into it and compares the logits): the torchvision-layout ResNet with its explicit
 paddings (stem 7x7/2 pad 3, max-pool 3x3/2 pad 1, every 3x3 pad 1: stage maps of ceil(H/s) x ceil(W/s),
 corner-aligned), a GCN head per stage (two separable k x 1 / 1 x k branches, no bias), the Boundary Refinement

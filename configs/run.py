@@ -14,18 +14,16 @@ from ml_collections import config_dict
 
 from configs import default
 
+# Fields added to configs/default.py after runs had been saved, each with the value that reproduces what those
+# runs did (study.py completes a saved config with these before comparing it: gcn_jax/study/runner.py). A field
+# whose default is a new behaviour must not be listed with that default.
+ADDED_FIELDS = {"model.backbone_width": 64}
+
 
 def get_config(workdir: str):
     path = os.path.join(workdir, "config.json")
     with open(path) as f:
         saved = json.load(f)
-    return from_saved(saved, path)
-
-
-def from_saved(saved: dict, path: str) -> config_dict.ConfigDict:
-    """A saved config (JSON values, read from ``path``) laid onto configs/default.py: fields added to gcn-jax
-    since it was saved keep their defaults, which is what the run used; a field this version does not know is
-    a KeyError naming it."""
     config = default.get_config()
     _lay_onto(config, saved, path)
     return config

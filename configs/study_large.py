@@ -19,7 +19,7 @@ from configs import study
 
 def get_config():
     config = study.get_config()
-    config.model.backbone_width = 16  # a quarter of the channels: about 1/16 of the multiply-adds per pixel
+    config.model.backbone_width = 16  # a quarter of the channels: 1/13-1/16 of the multiply-adds per pixel
     config.crop_size = (384, 384)
     config.global_batch_size = 4
     config.data.name = "synthetic_shapes/large384"

@@ -175,3 +175,20 @@ def test_unreadable_and_unsupported_files(tmp_path):
         load_backbone(variables, pth, root=())
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_backbone(variables, tmp_path / "nope.safetensors", root=())
+
+
+def test_weights_of_another_backbone_width_are_refused_by_name(tmp_path):
+    """ImageNet weights (width 64) into a narrow backbone (config.model.backbone_width = 16): one error that says
+    so, not a list of every mis-shaped array; and a narrow classifier's own weights load into a narrow trunk."""
+    path = save(torchvision_state_dict(18), tmp_path / "w64.safetensors")
+    narrow = abstract_variables(ResNet("resnet18", width=16), (1, 32, 32, 3))
+    with pytest.raises(WeightImportError, match=r"w64.safetensors: its backbone has base width 64 .*the model's has "
+                                                r"16 \(config.model.backbone_width\)") as e:
+        load_backbone(narrow, path, root=())
+    assert "layer1.0" not in str(e.value)
+    classifier = jax.jit(ResNetClassifier("resnet18", width=16).init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+    state = export_state_dict(classifier, root=())
+    assert state["conv1.weight"].shape == (16, 3, 7, 7) and state["fc.weight"].shape == (1000, 128)
+    loaded = load_backbone(narrow, save(state, tmp_path / "w16.safetensors"), root=(), ignore=("fc.*",))
+    np.testing.assert_array_equal(loaded["params"]["layer4_1"]["conv2"]["kernel"],
+                                  classifier["params"]["layer4_1"]["conv2"]["kernel"])

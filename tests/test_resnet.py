@@ -59,6 +59,8 @@ def test_narrow_backbones_have_the_counted_parameters_and_channels(arch):
     for w in (16, 8):
         v = abstract_variables(ResNet(arch, width=w), (1, 64, 64, 3))
         assert count_params(v["params"]) == _trunk_params(arch, w)
+        classifier = abstract_variables(ResNetClassifier(arch, width=w), (1, 64, 64, 3))["params"]
+        assert count_params(classifier) == _trunk_params(arch, w) + stage_channels(arch, w)[-1] * 1000 + 1000
         expansion = 1 if arch == "resnet18" else 4
         assert stage_channels(arch, w) == tuple(expansion * w * m for m in (1, 2, 4, 8))
         out = jax.eval_shape(ResNet(arch, width=w).apply, v, jnp.zeros((1, 97, 131, 3)))
@@ -78,7 +80,8 @@ def test_narrow_resnet_gcn_scales_the_branch_widths():
 
 @pytest.mark.parametrize("width", [0, -16, 16.0, True])
 def test_bad_backbone_width_is_refused(width):
-    with pytest.raises(ValueError, match=f"backbone width must be a positive int .*got {width!r}"):
+    expected = rf"backbone width \(model.backbone_width\) must be a positive int .*got {width!r}"
+    with pytest.raises(ValueError, match=expected):
         ResNet("resnet18", width=width).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 

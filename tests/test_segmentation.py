@@ -102,7 +102,7 @@ def test_per_stage_kernel_sizes():
     ({"kernel_size": (15, 11)}, "one int or 4 ints"),
     ({"backbone": "resnet51"}, "unknown backbone 'resnet51'"),
     ({"head": "dense"}, "unknown head 'dense'"),
-    ({"backbone_width": 0}, "backbone width must be a positive int .*got 0"),
+    ({"backbone_width": 0}, "backbone width \\(model.backbone_width\\) must be a positive int .*got 0"),
 ])
 def test_bad_settings_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -157,6 +157,21 @@ def test_configs_saved_before_a_field_was_added_still_match_at_its_default(tmp_p
     newer.root = str(tmp_path / "br")
     runner.run_study(grid.get_study("br"), config, newer.root, 1, (), newer.train, newer.evaluate, reuse=(fake.root,))
     assert newer.trained == ["gcn_br_k15/seed0"]  # the old runs are taken over
+    for broken in ({"model": None}, {"model": {"backbone_width": "sixteen"}}, {}):  # odd files: not the same config
+        with open(os.path.join(fake.root, "base", "seed0", "config.json"), "w") as f:
+            json.dump(broken, f)
+        assert runner.reusable_result(os.path.join(fake.root, "base", "seed0"), grid.variant_config(
+            config, next(v for v in grid.get_study("br").variants((), 15) if v.name == "base"), 0)) is None
+    with open(os.path.join(fake.root, runner.STUDY_FILE)) as f:  # a missing field that was always there:
+        saved = json.load(f)                                         # a difference, not a default
+    del saved["config"]["model"]["head"]
+    with open(os.path.join(fake.root, runner.STUDY_FILE), "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(InputError, match="model.head: None then, 'gcn' now"):
+        runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (15,), fake.train, fake.evaluate)
+    saved["config"]["model"]["head"] = "gcn"
+    with open(os.path.join(fake.root, runner.STUDY_FILE), "w") as f:
+        json.dump(saved, f)
     config.model.backbone_width = 16  # but a config that sets the new field otherwise is another config
     with pytest.raises(InputError, match="model.backbone_width: 64 then, 16 now"):
         runner.run_study(grid.get_study("kernel_size"), config, fake.root, 1, (15,), fake.train, fake.evaluate)

@@ -191,6 +191,13 @@ def load_backbone(
             expected[name] = (collection, path, transform, tuple(np.shape(value)))
     if not expected:
         raise WeightImportError(f"the variables have no subtree at {'/'.join(root) or '<root>'} to load into")
+    if "conv1.weight" in state and "conv1.weight" in expected:  # the one error to name, not hundreds of shapes
+        have, want = np.shape(state["conv1.weight"])[0], expected["conv1.weight"][3][-1]
+        if have != want:
+            raise WeightImportError(
+                f"{source}: its backbone has base width {have} (conv1.weight has {have} output channels), the "
+                f"model's has {want} (config.model.backbone_width): load weights of the same width (torchvision's "
+                "ImageNet ResNets have width 64)")
     loaded = _match(state, expected, ignore, f"{source} does not match the backbone at {'/'.join(root) or '<root>'}")
     out = {k: dict(v) for k, v in variables.items()}
     for collection, leaves in loaded.items():

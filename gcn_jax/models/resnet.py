@@ -75,13 +75,11 @@ RESNET_SPECS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 # ResNet-GCN block settings per stage index (0-based: 2 = res-4, 3 = res-5), from Table 11: (k, m').
 RESNET_GCN_STAGES: dict[int, tuple[int, int]] = {2: (5, 85), 3: (7, 128)}
 
-STAGE_WIDTHS = (64, 128, 256, 512)
-
-
 def stage_widths(width: int = 64) -> tuple[int, int, int, int]:
     """Bottleneck (or basic-block) widths of res-2..res-5 for a base width: (64, 128, 256, 512) at 64."""
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise ValueError(f"backbone width must be a positive int (64 is the standard ResNet), got {width!r}")
+        raise ValueError(f"the backbone width (model.backbone_width) must be a positive int (64 is the standard "
+                         f"ResNet), got {width!r}")
     return (width, 2 * width, 4 * width, 8 * width)
 
 
@@ -202,14 +200,14 @@ class ResNet(nn.Module):
     """ResNet trunk returning the four stage features (res-2, res-3, res-4, res-5).
 
     Input (batch, height, width, 3), normalised images. Outputs have strides 4, 8, 16, 32 and
-    `stage_channels(arch)` channels; spatial sizes are ceil(H/stride) x ceil(W/stride).
+    `stage_channels(arch, width)` channels; spatial sizes are ceil(H/stride) x ceil(W/stride).
 
     `frozen_bn=True` always normalises with the running statistics and never updates them (for fine-tuning
     with small per-device batches, such as the paper's batch size 1), whatever `train` says.
 
     `width` is the base width: the stem's channels and res-2's block width, doubled at each later stage. 64 is
     the standard (torchvision's, the only width pretrained weights exist for); a narrower net (16: a quarter of
-    the channels, about 1/16 of the multiply-adds) trains from scratch on larger images at the same cost. The
+    the channels, 1/13-1/16 of the multiply-adds) trains from scratch on larger images at the same cost. The
     ResNet-GCN blocks' m' (Table 11) scale with it.
     """
 
@@ -267,9 +265,10 @@ class ResNetClassifier(nn.Module):
     num_classes: int = 1000
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    width: int = 64  # the trunk's base width (`ResNet.width`)
 
     def setup(self):
-        self.trunk = ResNet(self.arch, self.frozen_bn, self.dtype)
+        self.trunk = ResNet(self.arch, self.frozen_bn, self.dtype, self.width)
         nn.share_scope(self, self.trunk)
         self.fc = nn.Dense(self.num_classes, dtype=self.dtype)
 

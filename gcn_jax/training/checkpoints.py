@@ -306,8 +306,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict) ->
     lines += grouped_by_module(set(have) - set(want), "in the checkpoint, not in the config's model")
     if len(mismatched) > 20:
         lines.append(f"  ... {len(mismatched)} arrays of another shape in all")
-    lines.append("Use the config this run was trained with (same model.backbone, model.kernel_size, "
-                 "model.num_classes, model.head" + (", optimizer" if what == "optimizer" else "")
+    lines.append("Use the config this run was trained with (same model.backbone, model.backbone_width, "
+                 "model.kernel_size, model.num_classes, model.head" + (", optimizer" if what == "optimizer" else "")
                  + "), or a new --workdir to start a new run.")
     raise CheckpointMismatchError("\n".join(lines))
 

@@ -92,7 +92,8 @@ def merge(fresh: dict, saved_shapes: dict[str, tuple], num_classes: int, reinit_
             lines.append("If only the class count changed, --config.init_from.reinit_class_layers=True starts the "
                          "arrays that depend on it afresh.")
         else:
-            lines.append("Start from a run of the same model.backbone, model.head and model.kernel_size.")
+            lines.append("Start from a run of the same model.backbone, model.backbone_width, model.head and "
+                         "model.kernel_size.")
         raise InitFromMismatchError("\n".join(lines))
     return load, keep
 
