@@ -7,6 +7,7 @@ The saved values are laid onto configs/default.py's fields, so that they keep th
 fields that take None) and --config.KEY=VALUE overrides apply as with any other config file.
 """
 
+import copy
 import json
 import os
 
@@ -15,9 +16,23 @@ from ml_collections import config_dict
 from configs import default
 
 # Fields added to configs/default.py after runs had been saved, each with the value that reproduces what those
-# runs did (study.py completes a saved config with these before comparing it: gcn_jax/study/runner.py). A field
-# whose default is a new behaviour must not be listed with that default.
+# runs did (`with_added_fields`; study.py compares saved configs after it). A field whose default is a new
+# behaviour must not be listed with that default.
 ADDED_FIELDS = {"model.backbone_width": 64}
+
+
+def with_added_fields(saved: dict) -> dict:
+    """A copy of a saved config (JSON values) with the `ADDED_FIELDS` it lacks set to their listed values;
+    anything else it lacks stays missing, and a malformed section is left as it is."""
+    completed = copy.deepcopy(saved)
+    for key, value in ADDED_FIELDS.items():
+        *sections, field = key.split(".")
+        node = completed
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and field not in node:
+            node[field] = value
+    return completed
 
 
 def get_config(workdir: str):

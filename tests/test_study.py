@@ -101,6 +101,10 @@ class FakeTraining:
         raise AssertionError("a run trained here is evaluated by the loop, not again")
 
 
+def _br_variant(name, k=15):
+    return next(v for v in grid.get_study("br").variants((), k) if v.name == name)
+
+
 def test_study_trains_each_run_once_and_resumes_where_it_stopped(tmp_path):
     config = study_config.get_config()
     study = grid.get_study("kernel_size")
@@ -145,8 +149,7 @@ def test_configs_saved_before_a_field_was_added_still_match_at_its_default(tmp_p
     with open(path, "w") as f:
         json.dump(saved, f)
     for name in ("base", "gcn_k15"):  # and what the training loop wrote beside their checkpoints
-        variant = next(v for v in grid.get_study("br").variants((), 15) if v.name == name)
-        saved = json.loads(grid.variant_config(config, variant, 0).to_json_best_effort())
+        saved = json.loads(grid.variant_config(config, _br_variant(name), 0).to_json_best_effort())
         del saved["model"]["backbone_width"]
         with open(os.path.join(fake.root, name, "seed0", "config.json"), "w") as f:
             json.dump(saved, f)
@@ -160,8 +163,8 @@ def test_configs_saved_before_a_field_was_added_still_match_at_its_default(tmp_p
     for broken in ({"model": None}, {"model": {"backbone_width": "sixteen"}}, {}):  # odd files: not the same config
         with open(os.path.join(fake.root, "base", "seed0", "config.json"), "w") as f:
             json.dump(broken, f)
-        assert runner.reusable_result(os.path.join(fake.root, "base", "seed0"), grid.variant_config(
-            config, next(v for v in grid.get_study("br").variants((), 15) if v.name == "base"), 0)) is None
+        assert runner.reusable_result(os.path.join(fake.root, "base", "seed0"),
+                                      grid.variant_config(config, _br_variant("base"), 0)) is None
     with open(os.path.join(fake.root, runner.STUDY_FILE)) as f:  # a missing field that was always there:
         saved = json.load(f)                                         # a difference, not a default
     del saved["config"]["model"]["head"]
@@ -261,8 +264,7 @@ def test_reuse_takes_over_only_runs_of_the_same_config(tmp_path):
     first.root = str(tmp_path / "table1")
     runner.run_study(grid.get_study("kernel_size"), config, first.root, 1, (15,), first.train, first.evaluate)
     for name in ("base", "gcn_k15"):  # what the training loop writes beside its checkpoints
-        changed = grid.variant_config(config, next(v for v in grid.get_study("br").variants((), 15)
-                                                   if v.name == name), 0)
+        changed = grid.variant_config(config, _br_variant(name), 0)
         with open(os.path.join(first.root, name, "seed0", "config.json"), "w") as f:
             f.write(changed.to_json_best_effort())
     second = FakeTraining()

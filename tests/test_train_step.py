@@ -102,13 +102,3 @@ def test_uint8_images_normalised_on_the_device_train_as_images_normalised_on_the
     host = run_steps(config, jax.devices(), [{"image": host_images, "label": labels.astype(np.int32)}] * 2)
     np.testing.assert_allclose(device[0], host[0], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), device[1], host[1])
-
-
-def test_compare_torch_refuses_a_width_its_peer_does_not_have(capsys):
-    from benchmarks import compare_torch
-
-    args, extra = compare_torch.parse_args(["--size", "64", "--", "--config.model.kernel_size=3"])
-    assert extra == ["--config.model.kernel_size=3"] and args.size == (64, 64)
-    with pytest.raises(SystemExit):
-        compare_torch.parse_args(["--", "--config.model.backbone_width=16"])
-    assert "the torch peer is the standard ResNet (width 64) only" in capsys.readouterr().err

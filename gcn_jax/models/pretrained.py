@@ -192,7 +192,8 @@ def load_backbone(
     if not expected:
         raise WeightImportError(f"the variables have no subtree at {'/'.join(root) or '<root>'} to load into")
     if "conv1.weight" in state and "conv1.weight" in expected:  # the one error to name, not hundreds of shapes
-        have, want = np.shape(state["conv1.weight"])[0], expected["conv1.weight"][3][-1]
+        *_, flax_shape = expected["conv1.weight"]  # (7, 7, 3, width); the file's is (width, 3, 7, 7)
+        have, want = np.shape(state["conv1.weight"])[0], flax_shape[-1]
         if have != want:
             raise WeightImportError(
                 f"{source}: its backbone has base width {have} (conv1.weight has {have} output channels), the "

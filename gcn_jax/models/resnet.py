@@ -235,18 +235,18 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
 
         features = []
-        for stage, (count, width) in enumerate(zip(counts, widths)):
+        for stage, (count, stage_width) in enumerate(zip(counts, widths)):
             for i in range(count):
                 strides = 2 if stage > 0 and i == 0 else 1
                 name = f"layer{stage + 1}_{i}"
                 if use_gcn and stage in RESNET_GCN_STAGES:
                     k, m = RESNET_GCN_STAGES[stage]
                     m = max(1, round(m * self.width / 64))
-                    block = GCNBottleneck(width, k, m, strides, conv=conv, norm=norm, name=name)
+                    block = GCNBottleneck(stage_width, k, m, strides, conv=conv, norm=norm, name=name)
                 elif block_kind == "bottleneck":
-                    block = Bottleneck(width, strides, conv=conv, norm=norm, name=name)
+                    block = Bottleneck(stage_width, strides, conv=conv, norm=norm, name=name)
                 else:
-                    block = BasicBlock(width, strides, conv=conv, norm=norm, name=name)
+                    block = BasicBlock(stage_width, strides, conv=conv, norm=norm, name=name)
                 x = block(x)
             features.append(x)
         return tuple(features)

@@ -9,7 +9,6 @@ into the same workdir is refused rather than mixing two experiments in one table
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -62,29 +61,15 @@ def check_study_workdir(workdir: str, study: Study, config, record: bool = True)
         if saved.get("study") != study.name:
             raise InputError(f"{workdir} holds the study {saved.get('study')!r}, not {study.name!r}: use another "
                              "--workdir")
-        differences = _differences(_completed(saved.get("config", {})), mine["config"])
+        from configs.run import with_added_fields  # here, like segmenter.py: configs/ is the repository's
+
+        differences = _differences(with_added_fields(saved.get("config", {})), mine["config"])
         if differences:
             raise InputError(f"{workdir} holds this study run with another config ({'; '.join(differences[:5])}): "
                              "use another --workdir, or the same config to resume or report it")
         return
     os.makedirs(workdir, exist_ok=True)
     write_json(path, mine)
-
-
-def _completed(saved: dict) -> dict:
-    """A saved config (JSON values) with the fields added to configs/default.py since it was written set to the
-    values that reproduce what its run did (`configs.run.ADDED_FIELDS`); anything else it lacks stays missing."""
-    from configs import run
-
-    completed = copy.deepcopy(saved)
-    for key, value in run.ADDED_FIELDS.items():
-        *sections, field = key.split(".")
-        node = completed
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict) and field not in node:
-            node[field] = value
-    return completed
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -126,7 +111,9 @@ def reusable_result(directory: str, config) -> dict | None:
     config_path = os.path.join(directory, "config.json")
     if done is None or not os.path.exists(config_path):
         return None
-    if _completed(read_json(config_path)) != json.loads(config.to_json_best_effort()):
+    from configs.run import with_added_fields
+
+    if with_added_fields(read_json(config_path)) != json.loads(config.to_json_best_effort()):
         return None
     return {**done, "reused_from": done.get("reused_from", os.path.abspath(directory))}
 
