@@ -1,6 +1,7 @@
 """The GCN block, BR, the ablation heads and the deconvolution: parameter counts from the paper's tables and
 outputs against an independent numpy computation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ from gcn_jax.models import (
     bilinear_kernel,
     make_head,
 )
-from gcn_jax.models.blocks import deconv_phase
+from gcn_jax.models.blocks import LineConv, deconv_phase
 from gcn_jax.models.summary import abstract_variables, count_params
 from tests import reference
 
@@ -79,6 +80,33 @@ def test_gcn_equals_two_separable_branches():
     assert params["left_1xk"]["kernel"].shape == (1, k, classes, classes)
     assert "bias" not in params["left_kx1"]
     np.testing.assert_allclose(got, reference.gcn_block(params, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(15, 1), (1, 15), (3, 1), (1, 1)])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_line_conv_is_flax_conv(shape, use_bias):
+    # A GCN block's first convs (from the backbone's wide features) are one matrix product and a shifted sum:
+    # the same parameters and initial values, outputs and gradients as nn.Conv. 6 x 5 is smaller than k = 15,
+    # as res-5 is on small images: most taps fall on the zero padding.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 5, 8)), jnp.float32)
+    p = (shape[0] // 2, shape[1] // 2)
+    ours = LineConv(3, shape, use_bias)
+    ref = nn.Conv(3, shape, padding=((p[0], p[0]), (p[1], p[1])), use_bias=use_bias)
+    v = ours.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, v, ref.init(jax.random.key(1), x))
+    v = jax.tree.map(lambda a: a + 0.1, v)  # a bias that is not zero
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+    if shape != (1, 1):  # the tap order matters: the flipped kernel gives another map
+        flipped = jax.tree.map(lambda a: a[::-1, ::-1] if a.ndim == 4 else a, v)
+        assert not np.allclose(ours.apply(flipped, x), ref.apply(v, x), atol=1e-2)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, 5, 3)), jnp.float32)
+    grads = [jax.grad(lambda v, x, m=m: jnp.vdot(m.apply(v, x), cot), argnums=(0, 1))(v, x) for m in (ours, ref)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
+def test_line_conv_refuses_a_square_kernel():
+    with pytest.raises(ValueError, match="k x 1 or 1 x k"):
+        LineConv(3, (3, 3)).init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
 
 
 def test_gcn_bias_is_optional():

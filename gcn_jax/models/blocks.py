@@ -7,6 +7,7 @@ except `Deconv2x`, which doubles it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +36,77 @@ def check_head(kind: str, kernel_size: int, what: str = "kernel_size") -> None:
         raise ValueError(f"the 'stack' head needs {what} >= 3, got {kernel_size}")
 
 
+def _shifted(a, axis: int, offsets: range):
+    """[b_0, b_1, ...] with b_i[..., l, ...] = a[..., l + offsets[i], ...] along `axis` (zero outside a)."""
+    reach = max(abs(offsets[0]), abs(offsets[-1]))
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (reach, reach)
+    padded, length = jnp.pad(a, pad), a.shape[axis]
+    return [jax.lax.slice_in_dim(padded, reach + d, reach + d + length, axis=axis) for d in offsets]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def line_conv(x, kernel, axis: int):
+    """A k x 1 (`axis` 1) or 1 x k (`axis` 2) convolution of (n, h, w, C) by a (k, C, O) kernel with 'same'
+    zero padding k // 2, i.e. `nn.Conv` with that kernel shape and padding. Computed as one matrix product of
+    the pixels with all k taps side by side, (n*h*w, C) x (C, k*O), then a shifted sum of the k partial
+    results; the gradient is the same two steps transposed. XLA's CPU backend runs a convolution with few
+    output channels (a GCN block's, one per class) far below its matmul speed."""
+    return _line_conv_value(x, kernel, axis)
+
+
+def _taps_matrix(kernel):
+    k, c, o = kernel.shape
+    return kernel.transpose(1, 0, 2).reshape(c, k * o)
+
+
+def _line_conv_value(x, kernel, axis):
+    k, c, o = kernel.shape
+    z = jnp.dot(x.reshape(-1, c), _taps_matrix(kernel)).reshape(*x.shape[:-1], k, o)
+    # y[l] = sum_t x[l + t - k//2] kernel[t] = sum_t z[l + t - k//2, t]
+    return sum(zt[..., t, :] for t, zt in enumerate(_shifted(z, axis, range(-(k // 2), k - k // 2))))
+
+
+def _line_conv_fwd(x, kernel, axis):
+    return _line_conv_value(x, kernel, axis), (x, kernel)
+
+
+def _line_conv_bwd(axis, residuals, dy):
+    x, kernel = residuals
+    k, c, o = kernel.shape
+    # y[l] = sum_t z[l + t - k//2, t], so dz[m, t] = dy[m - t + k//2]: k shifted copies of dy
+    dz = jnp.stack(_shifted(dy, axis, range(k // 2, k // 2 - k, -1)), axis=-2).reshape(-1, k * o)
+    dx = jnp.dot(dz, _taps_matrix(kernel).T).reshape(x.shape)
+    dkernel = jnp.dot(x.reshape(-1, c).T, dz).reshape(c, k, o).transpose(1, 0, 2)
+    return dx, dkernel
+
+
+line_conv.defvjp(_line_conv_fwd, _line_conv_bwd)
+
+
+class LineConv(nn.Module):
+    """`nn.Conv(features, (k, 1) or (1, k), padding=k // 2 on that axis, use_bias)`: the same parameters
+    (`kernel` (kh, kw, C, O) with nn.Conv's initialiser, optional `bias`) and function, computed by
+    `line_conv`."""
+
+    features: int
+    kernel_shape: tuple[int, int]
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_shape
+        if 1 not in (kh, kw):
+            raise ValueError(f"LineConv needs a k x 1 or 1 x k kernel, got {self.kernel_shape}")
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
+        axis, k = (1, kh) if kw == 1 else (2, kw)
+        y = line_conv(x.astype(self.dtype), kernel.reshape(k, x.shape[-1], self.features).astype(self.dtype), axis)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        return y
+
+
 class GlobalConvBlock(nn.Module):
     """Global Convolutional Network block (Figure 2B).
 
@@ -59,9 +131,12 @@ class GlobalConvBlock(nn.Module):
         def conv(shape, pad, name):
             return nn.Conv(self.features, shape, padding=pad, use_bias=self.use_bias, dtype=self.dtype, name=name)
 
+        def first_conv(shape, name):  # from the wide backbone features: one matrix product (see `line_conv`)
+            return LineConv(self.features, shape, self.use_bias, self.dtype, name=name)
+
         tall, wide = ((p, p), (0, 0)), ((0, 0), (p, p))
-        left = conv((1, k), wide, "left_1xk")(conv((k, 1), tall, "left_kx1")(x))
-        right = conv((k, 1), tall, "right_kx1")(conv((1, k), wide, "right_1xk")(x))
+        left = conv((1, k), wide, "left_1xk")(first_conv((k, 1), "left_kx1")(x))
+        right = conv((k, 1), tall, "right_kx1")(first_conv((1, k), "right_1xk")(x))
         return left + right
 
 

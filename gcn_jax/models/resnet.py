@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gcn_jax.models.batchnorm import BatchNorm
+
 # torchvision's initialisation: kaiming normal, fan_out, ReLU gain.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -58,6 +60,49 @@ class Conv(nn.Module):
         if self.pointwise_matmul and tuple(self.kernel_size) == (1, 1) and padding == ((0, 0), (0, 0)):
             return jnp.einsum("nhwc,cd->nhwd", x[:, ::sh, ::sw], kernel[0, 0])
         return jax.lax.conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+def _pool_windows(x):
+    """The stem's 3 x 3 / 2 max-pool windows, padding 1 (-inf): the input padded, and for each window offset
+    (i, j) in row-major order, the strided slice of the padded input that it contributes to every output."""
+    _, h, w, _ = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    padded = jnp.pad(x, ((0, 0), (1, 2 * ho - h), (1, 2 * wo - w), (0, 0)), constant_values=-jnp.inf)
+    return padded, [(i, j, padded[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2]) for i in range(3) for j in range(3)]
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x):
+    """`nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))` (torchvision's stem pool), as the
+    maximum of nine strided slices, with a gradient that routes each output's gradient to the first maximum of
+    its window in row-major order, as XLA's select-and-scatter does. XLA's CPU backend computes that
+    select-and-scatter about 3.5x slower than this (README, "Performance")."""
+    _, windows = _pool_windows(x)
+    return functools.reduce(jnp.maximum, [s for _, _, s in windows])
+
+
+def _max_pool_fwd(x):
+    y = max_pool_3x3_s2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals, g):
+    x, y = residuals
+    _, h, w, _ = x.shape
+    padded, windows = _pool_windows(x)
+    taken = jnp.zeros(y.shape, bool)
+    dx = jnp.zeros(padded.shape, g.dtype)
+    zero = jnp.zeros((), g.dtype)
+    for i, j, s in windows:
+        hit = (s == y) & ~taken
+        taken = taken | hit
+        # back to rows i + 2a, columns j + 2b of the padded input: interior padding 1 spreads the outputs
+        spread = ((0, 0, 0), (i, padded.shape[1] - i - (2 * y.shape[1] - 1), 1),
+                  (j, padded.shape[2] - j - (2 * y.shape[2] - 1), 1), (0, 0, 0))
+        dx = dx + jax.lax.pad(jnp.where(hit, g, zero), zero, spread)
+    return (dx[:, 1:1 + h, 1:1 + w],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 # (block type, blocks per stage) for each depth, as in torchvision.
 RESNET_SPECS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -108,7 +153,7 @@ class BasicBlock(nn.Module):
     width: int
     strides: int = 1
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
     expansion = 1
 
     @nn.compact
@@ -130,7 +175,7 @@ class Bottleneck(nn.Module):
     width: int
     strides: int = 1
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
     expansion = 4
 
     @nn.compact
@@ -168,7 +213,7 @@ class GCNBottleneck(nn.Module):
     branch_width: int  # m'
     strides: int = 1
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
     expansion = 4
 
     @nn.compact
@@ -222,7 +267,7 @@ class ResNet(nn.Module):
         use_gcn = self.arch.endswith("_gcn")
         conv = functools.partial(Conv, dtype=self.dtype, pointwise_matmul=train)
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=self.frozen_bn or not train,
             momentum=0.9,
             epsilon=1e-5,
@@ -232,7 +277,7 @@ class ResNet(nn.Module):
         widths = stage_widths(self.width)
         x = conv(widths[0], (7, 7), 2, padding=_pad(7), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+        x = max_pool_3x3_s2(x)
 
         features = []
         for stage, (count, stage_width) in enumerate(zip(counts, widths)):
@@ -247,7 +292,9 @@ class ResNet(nn.Module):
                     block = Bottleneck(stage_width, strides, conv=conv, norm=norm, name=name)
                 else:
                     block = BasicBlock(stage_width, strides, conv=conv, norm=norm, name=name)
-                x = block(x)
+                # The barrier keeps each block's output one array: otherwise XLA re-computes a chain of
+                # blocks' BN + ReLU + residual sums inside the layout transposes of later gradients.
+                x = jax.lax.optimization_barrier(block(x))
             features.append(x)
         return tuple(features)
 
