@@ -36,13 +36,16 @@ def check_head(kind: str, kernel_size: int, what: str = "kernel_size") -> None:
         raise ValueError(f"the 'stack' head needs {what} >= 3, got {kernel_size}")
 
 
-def _shifted(a, axis: int, offsets: range):
-    """[b_0, b_1, ...] with b_i[..., l, ...] = a[..., l + offsets[i], ...] along `axis` (zero outside a)."""
-    reach = max(abs(offsets[0]), abs(offsets[-1]))
+def _shift(a, axis: int, d: int):
+    """b with b[..., l, ...] = a[..., l + d, ...] along `axis`, zero where l + d falls outside a: a slice of a,
+    padded back to its length (no padded copy of a, which XLA would write out when several shifts share it)."""
+    length = a.shape[axis]
+    if abs(d) >= length:
+        return jnp.zeros_like(a)
+    kept = jax.lax.slice_in_dim(a, max(d, 0), length + min(d, 0), axis=axis)
     pad = [(0, 0)] * a.ndim
-    pad[axis] = (reach, reach)
-    padded, length = jnp.pad(a, pad), a.shape[axis]
-    return [jax.lax.slice_in_dim(padded, reach + d, reach + d + length, axis=axis) for d in offsets]
+    pad[axis] = (max(-d, 0), max(d, 0))
+    return jnp.pad(kept, pad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -64,7 +67,7 @@ def _line_conv_value(x, kernel, axis):
     k, c, o = kernel.shape
     z = jnp.dot(x.reshape(-1, c), _taps_matrix(kernel)).reshape(*x.shape[:-1], k, o)
     # y[l] = sum_t x[l + t - k//2] kernel[t] = sum_t z[l + t - k//2, t]
-    return sum(zt[..., t, :] for t, zt in enumerate(_shifted(z, axis, range(-(k // 2), k - k // 2))))
+    return sum(_shift(z[..., t, :], axis, t - k // 2) for t in range(k))
 
 
 def _line_conv_fwd(x, kernel, axis):
@@ -75,7 +78,12 @@ def _line_conv_bwd(axis, residuals, dy):
     x, kernel = residuals
     k, c, o = kernel.shape
     # y[l] = sum_t z[l + t - k//2, t], so dz[m, t] = dy[m - t + k//2]: k shifted copies of dy
-    dz = jnp.stack(_shifted(dy, axis, range(k // 2, k // 2 - k, -1)), axis=-2).reshape(-1, k * o)
+    # (here from one padded copy of dy: faster than k separately padded slices)
+    pad = [(0, 0)] * dy.ndim
+    pad[axis] = (k // 2, k // 2)
+    dyp, length = jnp.pad(dy, pad), dy.shape[axis]
+    dz = jnp.stack([jax.lax.slice_in_dim(dyp, 2 * (k // 2) - t, 2 * (k // 2) - t + length, axis=axis)
+                    for t in range(k)], axis=-2).reshape(-1, k * o)
     dx = jnp.dot(dz, _taps_matrix(kernel).T).reshape(x.shape)
     dkernel = jnp.dot(x.reshape(-1, c).T, dz).reshape(c, k, o).transpose(1, 0, 2)
     return dx, dkernel
