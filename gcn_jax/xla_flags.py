@@ -16,10 +16,14 @@ from importlib import metadata
 # flag -> (value, oldest jaxlib (major, minor) it was measured with). Only CPU flags so far: XLA's other
 # backends ignore them.
 DEFAULT_FLAGS = {
-    # YNNPACK for dots (the convolutions among them) and reductions (BatchNorm's statistics): ResNet-50 GCN
-    # training 1.35x faster on 2 CPU cores. 'eltwise' too made the backward pass faster still but the
-    # optimizer update slower, so the whole step was slower.
+    # YNNPACK for dots (the 1 x 1 convolutions among them) and reductions (BatchNorm's statistics): ResNet-50
+    # GCN training 1.35x faster on 2 CPU cores. 'eltwise' too made the backward pass faster still but the
+    # optimizer update slower, so the whole step was slower; 'individual_convolution' (YNNPACK for the other
+    # convolutions) made training 1.2x slower.
     "xla_cpu_experimental_ynn_fusion_type": ("dot,reduce", (0, 12)),
+    # The train step updates its donated state in place; without this, XLA's CPU backend copies every
+    # parameter first (108 copies for ResNet-50 GCN; openxla/xla#20440). Training 3-8% faster on 2 cores.
+    "xla_cpu_copy_insertion_use_region_analysis": ("true", (0, 12)),
 }
 OPT_OUT = "GCN_JAX_XLA_DEFAULTS"
 

@@ -1,5 +1,6 @@
 """The project's default XLA flags: added unless the user set them, and computing what XLA computes without them."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,17 +11,19 @@ from gcn_jax import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
+REGION = "--xla_cpu_copy_insertion_use_region_analysis="
+DEFAULTS = f"{YNN}dot,reduce {REGION}true"
 
 
 def test_defaults_are_added_after_the_users_own_flags():
-    assert xla_flags.with_defaults("", "0.12.0.1") == f"{YNN}dot,reduce"
+    assert xla_flags.with_defaults("", "0.12.0.1") == DEFAULTS
     assert xla_flags.with_defaults("--xla_force_host_platform_device_count=2 ", "0.13.1") == (
-        f"--xla_force_host_platform_device_count=2 {YNN}dot,reduce")
+        f"--xla_force_host_platform_device_count=2 {DEFAULTS}")
 
 
 def test_a_flag_the_user_set_is_left_as_set_even_empty():
-    assert xla_flags.with_defaults(f"{YNN}dot", "0.12.0") == f"{YNN}dot"
-    assert xla_flags.with_defaults(YNN, "0.12.0") == YNN
+    assert xla_flags.with_defaults(f"{YNN}dot", "0.12.0") == f"{YNN}dot {REGION}true"
+    assert xla_flags.with_defaults(f"{REGION}false {YNN}", "0.12.0") == f"{REGION}false {YNN}"
 
 
 def test_a_jaxlib_older_than_the_one_measured_gets_no_flag_it_may_not_know():
@@ -34,12 +37,13 @@ def test_the_environment_variable_turns_the_defaults_off():
     assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
     environ = {}
     xla_flags.set_defaults(environ)
-    assert YNN in environ["XLA_FLAGS"]
+    assert environ["XLA_FLAGS"] == DEFAULTS
 
 
 def save_logits_and_grads(path) -> None:
     """Eval-mode logits and parameter gradients of a small GCN network (BatchNorm from running statistics, so
-    the comparison is well conditioned), and the XLA_FLAGS in force, saved to ``path`` (.npz)."""
+    the comparison is well conditioned), the parameters after two SGD-momentum steps that update their donated
+    inputs in place (what the copy-insertion flag changes), and the XLA_FLAGS in force, saved to ``path``."""
     import jax
     import jax.numpy as jnp
 
@@ -54,7 +58,17 @@ def save_logits_and_grads(path) -> None:
         return jnp.mean(logits ** 2), logits
 
     (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-    np.savez(path, os.environ.get("XLA_FLAGS", ""), logits, *jax.tree.leaves(grads))
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def sgd(params, momentum):
+        grads = jax.grad(lambda p: loss(p)[0])(params)
+        momentum = jax.tree.map(lambda m, g: 0.9 * m + g, momentum, grads)
+        return jax.tree.map(lambda p, m: p - 0.1 * m, params, momentum), momentum
+
+    params, momentum = jax.tree.map(jnp.copy, variables["params"]), jax.tree.map(jnp.zeros_like, grads)
+    for _ in range(2):
+        params, momentum = sgd(params, momentum)
+    np.savez(path, os.environ.get("XLA_FLAGS", ""), logits, *jax.tree.leaves(grads), *jax.tree.leaves(params))
 
 
 def _load(path) -> tuple[str, list[np.ndarray]]:
@@ -69,7 +83,7 @@ def test_the_network_computes_the_same_with_and_without_the_defaults(tmp_path):
                     "save_logits_and_grads(sys.argv[1])", str(tmp_path / "without.npz")],
                    env={**env, xla_flags.OPT_OUT: "0"}, cwd=ROOT, capture_output=True, timeout=300, check=True)
     (flags_a, with_flags), (flags_b, without) = _load(tmp_path / "with.npz"), _load(tmp_path / "without.npz")
-    assert YNN in flags_a and YNN not in flags_b
-    assert len(with_flags) == len(without) > 50
-    for a, b in zip(with_flags, without, strict=True):  # the logits, then every gradient
+    assert YNN in flags_a and REGION in flags_a and YNN not in flags_b and REGION not in flags_b
+    assert len(with_flags) == len(without) > 100
+    for a, b in zip(with_flags, without, strict=True):  # the logits, every gradient, every updated parameter
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max() + 1e-12)

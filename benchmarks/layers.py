@@ -1,0 +1,115 @@
+"""Speed of the layers this project computes its own way, each against the flax/lax form it replaces (same
+parameters, same function: tests/test_resnet.py and tests/test_blocks.py check that), forward and forward +
+backward (gradients with respect to the input and the parameters), jitted, on the default device, at the
+shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
+
+- ``line_conv``: a GCN block's first k x 1 / 1 x k convolution, from each stage's features to 21 classes
+  (`blocks.LineConv`: one matrix product and a shifted sum) against `nn.Conv`;
+- ``batchnorm``: training-mode BatchNorm + ReLU on each stage's output (`batchnorm.BatchNorm`, hand-written
+  gradient) against `nn.BatchNorm`;
+- ``max_pool``: the stem's 3 x 3 / 2 max-pool (`resnet.max_pool_3x3_s2`) against `nn.max_pool`.
+
+    python -m benchmarks.layers
+    python -m benchmarks.layers --layers line_conv --reps 9
+
+A layer alone can gain more or less than it does inside the network, where XLA fuses it with its
+neighbours: `benchmarks/train_step.py` measures the network. Timing as in `benchmarks/deconv.py`: median
+[min-max] over --reps repetitions of --iters calls, ms per call, the methods timed in turn in each repetition.
+"""
+
+import argparse
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.deconv import timed
+from gcn_jax.models.batchnorm import BatchNorm
+from gcn_jax.models.blocks import LineConv
+from gcn_jax.models.resnet import max_pool_3x3_s2
+
+STAGES = ((64, 256), (32, 512), (16, 1024), (8, 2048))  # (map side, channels) of res-2..res-5 at 256^2
+
+
+def line_conv_cases(k: int, classes: int):
+    for side, c in STAGES:
+        for shape in ((k, 1), (1, k)):
+            pad = ((shape[0] // 2,) * 2, (shape[1] // 2,) * 2)
+            yield (f"{side}x{side}x{c} {shape[0]}x{shape[1]}", (side, c),
+                   {"LineConv": LineConv(classes, shape), "nn.Conv": nn.Conv(classes, shape, padding=pad,
+                                                                            use_bias=False)})
+
+
+def batchnorm_cases():
+    for side, c in STAGES:
+        yield (f"{side}x{side}x{c}", (side, c),
+               {"ours": BatchNorm(momentum=0.9, epsilon=1e-5),
+                "nn.BatchNorm": nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)})
+
+
+class _FlaxPool(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class _OurPool(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return max_pool_3x3_s2(x)
+
+
+def max_pool_cases():
+    yield "128x128x64", (128, 64), {"ours": _OurPool(), "nn.max_pool": _FlaxPool()}
+
+
+def functions(module, x, relu: bool):
+    """(forward, forward + backward) of a module on x, jitted; BatchNorm runs in training mode. The backward
+    pass takes a fixed random cotangent."""
+    variables = module.init(jax.random.key(0), x)
+    params = variables.get("params", {})
+
+    def apply(params, x):
+        y = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])[0]
+        return nn.relu(y) if relu else y
+
+    shape = jax.eval_shape(apply, params, x).shape
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
+
+    def loss(params, x):
+        return jnp.vdot(apply(params, x), cot)
+
+    return jax.jit(lambda x: apply(params, x)), jax.jit(lambda x: jax.grad(loss, argnums=(0, 1))(params, x))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", nargs="+", default=["line_conv", "batchnorm", "max_pool"],
+                        choices=["line_conv", "batchnorm", "max_pool"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--kernel-size", type=int, default=15)
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=3)
+    args = parser.parse_args()
+    print(f"device: {jax.devices()[0].device_kind}, batch {args.batch}; ms per call, median [min-max] of "
+          f"{args.reps} reps x {args.iters} calls")
+    print(f"{'layer':>10} {'shape':>22} {'method':>13} {'fwd':>20} {'fwd+bwd':>20}")
+    rng = np.random.default_rng(0)
+    cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes),
+             "batchnorm": batchnorm_cases, "max_pool": max_pool_cases}
+    for layer in args.layers:
+        for label, (side, c), modules in cases[layer]():
+            x = jnp.asarray(3 + 2 * rng.standard_normal((args.batch, side, side, c)), jnp.float32)
+            fns = {}
+            for name, module in modules.items():
+                fns[name, "fwd"], fns[name, "bwd"] = functions(module, x, relu=layer == "batchnorm")
+            result = timed(fns, (x,), args.reps, args.iters)
+            for name in modules:
+                cells = [f"{m:6.2f} [{lo:.1f}-{hi:.1f}]" for m, lo, hi in (result[name, "fwd"], result[name, "bwd"])]
+                print(f"{layer:>10} {label:>22} {name:>13} {cells[0]:>20} {cells[1]:>20}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
