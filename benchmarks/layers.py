@@ -36,7 +36,7 @@ def line_conv_cases(k: int, classes: int):
     for side, c in STAGES:
         for shape in ((k, 1), (1, k)):
             pad = ((shape[0] // 2,) * 2, (shape[1] // 2,) * 2)
-            yield (f"{side}x{side}x{c} {shape[0]}x{shape[1]}", (side, c),
+            yield (f"{side}x{side}x{c}:{shape[0]}x{shape[1]}", (side, c),
                    {"LineConv": LineConv(classes, shape), "nn.Conv": nn.Conv(classes, shape, padding=pad,
                                                                             use_bias=False)})
 
