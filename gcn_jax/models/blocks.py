@@ -37,15 +37,12 @@ def check_head(kind: str, kernel_size: int, what: str = "kernel_size") -> None:
 
 
 def _shift(a, axis: int, d: int):
-    """b with b[..., l, ...] = a[..., l + d, ...] along `axis`, zero where l + d falls outside a: a slice of a,
-    padded back to its length (no padded copy of a, which XLA would write out when several shifts share it)."""
-    length = a.shape[axis]
-    if abs(d) >= length:
-        return jnp.zeros_like(a)
-    kept = jax.lax.slice_in_dim(a, max(d, 0), length + min(d, 0), axis=axis)
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (max(-d, 0), max(d, 0))
-    return jnp.pad(kept, pad)
+    """b with b[..., l, ...] = a[..., l + d, ...] along `axis`, zero where l + d falls outside a: a padding by
+    -d at the start and d at the end (a negative one crops), so no padded copy of a is made, which XLA would
+    write out when several shifts share it, and symbolic sizes (export) need no comparison."""
+    config = [(0, 0, 0)] * a.ndim
+    config[axis] = (-d, d, 0)
+    return jax.lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
