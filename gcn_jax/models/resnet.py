@@ -27,8 +27,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gcn_jax.models.batchnorm import BatchNorm
-
 # torchvision's initialisation: kaiming normal, fan_out, ReLU gain.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -153,7 +151,7 @@ class BasicBlock(nn.Module):
     width: int
     strides: int = 1
     conv: Any = Conv
-    norm: Any = BatchNorm
+    norm: Any = nn.BatchNorm
     expansion = 1
 
     @nn.compact
@@ -175,7 +173,7 @@ class Bottleneck(nn.Module):
     width: int
     strides: int = 1
     conv: Any = Conv
-    norm: Any = BatchNorm
+    norm: Any = nn.BatchNorm
     expansion = 4
 
     @nn.compact
@@ -213,7 +211,7 @@ class GCNBottleneck(nn.Module):
     branch_width: int  # m'
     strides: int = 1
     conv: Any = Conv
-    norm: Any = BatchNorm
+    norm: Any = nn.BatchNorm
     expansion = 4
 
     @nn.compact
@@ -267,7 +265,7 @@ class ResNet(nn.Module):
         use_gcn = self.arch.endswith("_gcn")
         conv = functools.partial(Conv, dtype=self.dtype, pointwise_matmul=train)
         norm = functools.partial(
-            BatchNorm,
+            nn.BatchNorm,  # not batchnorm.BatchNorm: README, "Performance"
             use_running_average=self.frozen_bn or not train,
             momentum=0.9,
             epsilon=1e-5,
