@@ -75,12 +75,7 @@ def _line_conv_bwd(axis, residuals, dy):
     x, kernel = residuals
     k, c, o = kernel.shape
     # y[l] = sum_t z[l + t - k//2, t], so dz[m, t] = dy[m - t + k//2]: k shifted copies of dy
-    # (here from one padded copy of dy: faster than k separately padded slices)
-    pad = [(0, 0)] * dy.ndim
-    pad[axis] = (k // 2, k // 2)
-    dyp, length = jnp.pad(dy, pad), dy.shape[axis]
-    dz = jnp.stack([jax.lax.slice_in_dim(dyp, 2 * (k // 2) - t, 2 * (k // 2) - t + length, axis=axis)
-                    for t in range(k)], axis=-2).reshape(-1, k * o)
+    dz = jnp.stack([_shift(dy, axis, k // 2 - t) for t in range(k)], axis=-2).reshape(-1, k * o)
     dx = jnp.dot(dz, _taps_matrix(kernel).T).reshape(x.shape)
     dkernel = jnp.dot(x.reshape(-1, c).T, dz).reshape(c, k, o).transpose(1, 0, 2)
     return dx, dkernel
