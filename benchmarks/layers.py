@@ -5,8 +5,6 @@ shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
 
 - ``line_conv``: a GCN block's first k x 1 / 1 x k convolution, from each stage's features to 21 classes
   (`blocks.LineConv`: one matrix product and a shifted sum) against `nn.Conv`;
-- ``batchnorm``: training-mode BatchNorm + ReLU on each stage's output (`batchnorm.BatchNorm`, hand-written
-  gradient) against `nn.BatchNorm`;
 - ``max_pool``: the stem's 3 x 3 / 2 max-pool (`resnet.max_pool_3x3_s2`) against `nn.max_pool`.
 
     python -m benchmarks.layers
@@ -25,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.deconv import timed
-from gcn_jax.models.batchnorm import BatchNorm
 from gcn_jax.models.blocks import LineConv
 from gcn_jax.models.resnet import max_pool_3x3_s2
 
@@ -39,13 +36,6 @@ def line_conv_cases(k: int, classes: int):
             yield (f"{side}x{side}x{c}:{shape[0]}x{shape[1]}", (side, c),
                    {"LineConv": LineConv(classes, shape), "nn.Conv": nn.Conv(classes, shape, padding=pad,
                                                                             use_bias=False)})
-
-
-def batchnorm_cases():
-    for side, c in STAGES:
-        yield (f"{side}x{side}x{c}", (side, c),
-               {"ours": BatchNorm(momentum=0.9, epsilon=1e-5),
-                "nn.BatchNorm": nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)})
 
 
 class _FlaxPool(nn.Module):
@@ -64,14 +54,13 @@ def max_pool_cases():
     yield "128x128x64", (128, 64), {"ours": _OurPool(), "nn.max_pool": _FlaxPool()}
 
 
-def functions(module, relu: bool):
+def functions(module):
     """(forward, forward + backward) of a module, jitted, both called as f(variables, x, cotangent): every
-    array is an argument, so that XLA cannot fold any of the work into constants. BatchNorm runs in training
-    mode; the backward pass gives the gradients with respect to the input and the parameters."""
+    array is an argument, so that XLA cannot fold any of the work into constants. The backward pass gives the
+    gradients with respect to the input and the parameters."""
 
     def apply(variables, x):
-        y = module.apply(variables, x, mutable=["batch_stats"])[0]
-        return nn.relu(y) if relu else y
+        return module.apply(variables, x)
 
     def forward(variables, x, cot):
         del cot
@@ -87,8 +76,8 @@ def functions(module, relu: bool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", nargs="+", default=["line_conv", "batchnorm", "max_pool"],
-                        choices=["line_conv", "batchnorm", "max_pool"])
+    parser.add_argument("--layers", nargs="+", default=["line_conv", "max_pool"],
+                        choices=["line_conv", "max_pool"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--kernel-size", type=int, default=15)
     parser.add_argument("--classes", type=int, default=21)
@@ -99,14 +88,13 @@ def main():
           f"{args.reps} reps x {args.iters} calls")
     print(f"{'layer':>10} {'shape':>22} {'method':>13} {'fwd':>20} {'fwd+bwd':>20}")
     rng = np.random.default_rng(0)
-    cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes),
-             "batchnorm": batchnorm_cases, "max_pool": max_pool_cases}
+    cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes), "max_pool": max_pool_cases}
     for layer in args.layers:
         for label, (side, c), modules in cases[layer]():
             x = jnp.asarray(3 + 2 * rng.standard_normal((args.batch, side, side, c)), jnp.float32)
             fns = {}
             for name, module in modules.items():
-                fns[name, "fwd"], fns[name, "bwd"] = functions(module, relu=layer == "batchnorm")
+                fns[name, "fwd"], fns[name, "bwd"] = functions(module)
             # each pair has the same variables (that is the point of the rewrites): one set serves both
             variables = next(iter(modules.values())).init(jax.random.key(0), x)
             out = jax.eval_shape(fns[next(iter(modules)), "fwd"], variables, x, None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from gcn_jax.models import ResNet, ResNetClassifier, batchnorm, resnet, stage_channels
+from gcn_jax.models import ResNet, ResNetClassifier, resnet, stage_channels
 from gcn_jax.models.summary import abstract_variables, count_params, forward_flops
 from tests.reference import conv2d
 
@@ -176,56 +176,6 @@ def test_the_backbone_conv_is_flax_conv_with_the_same_parameter(kernel_size, str
 
     np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(ours), grads(reference))
-
-
-def _bn_input(shape, seed=0):
-    # an offset and a scale far from 0 and 1, as conv outputs have: the centred gradient formula must hold
-    return jnp.asarray(3.0 + 2.0 * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
-
-@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 1, 1, 4), (3, 4, 4, 1)])
-@pytest.mark.parametrize("train", [True, False])
-def test_backbone_batchnorm_is_flax_batchnorm(shape, train):
-    # The backbone's BatchNorm has a hand-written training gradient (faster on XLA's CPU backend): same
-    # variables, outputs, running statistics and gradients as flax's module with the backbone's settings.
-    x = _bn_input(shape)
-    ours = batchnorm.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    v = ref.init(jax.random.key(0), x)
-    assert jax.tree.map(np.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(np.shape, v)
-    rng = np.random.default_rng(1)
-    c = shape[-1]
-    v = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
-                    "bias": jnp.asarray(rng.standard_normal(c), jnp.float32)},
-         "batch_stats": {"mean": jnp.asarray(rng.standard_normal(c), jnp.float32),
-                         "var": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32)}}
-    cot = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-
-    def run(module):
-        def loss(params, x):
-            y, updates = module.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                                      mutable=["batch_stats"])
-            return jnp.vdot(jnp.sin(y), cot), (y, updates)
-        (_, (y, updates)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(v["params"], x)
-        return y, updates, grads
-
-    (y, updates, grads), (y_ref, updates_ref, grads_ref) = run(ours), run(ref)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, updates_ref)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, grads_ref)
-    if train and shape[0] * shape[1] * shape[2] > 1:  # the normalised output has the batch's statistics
-        np.testing.assert_allclose(np.mean((y - v["params"]["bias"]) / v["params"]["scale"], (0, 1, 2)), 0,
-                                   atol=1e-5)
-
-
-def test_backbone_batchnorm_keeps_the_compute_dtype():
-    x = _bn_input((2, 4, 4, 3)).astype(jnp.bfloat16)
-    bn = batchnorm.BatchNorm(momentum=0.9, dtype=jnp.bfloat16)
-    v = bn.init(jax.random.key(0), x)
-    y, updates = bn.apply(v, x, mutable=["batch_stats"])
-    assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["mean"].dtype == jnp.float32
-    dx = jax.grad(lambda x: jnp.sum(bn.apply(v, x, mutable=["batch_stats"])[0].astype(jnp.float32) ** 2))(x)
-    assert dx.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("size", [(9, 11), (8, 8), (1, 1), (2, 3)])

@@ -59,6 +59,7 @@ class Conv(nn.Module):
             return jnp.einsum("nhwc,cd->nhwd", x[:, ::sh, ::sw], kernel[0, 0])
         return jax.lax.conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
+
 def _pool_windows(x):
     """The stem's 3 x 3 / 2 max-pool windows, padding 1 (-inf): the input padded, and for each window offset
     (i, j) in row-major order, the strided slice of the padded input that it contributes to every output."""
@@ -101,6 +102,7 @@ def _max_pool_bwd(residuals, g):
 
 
 max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
 
 # (block type, blocks per stage) for each depth, as in torchvision.
 RESNET_SPECS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -265,7 +267,7 @@ class ResNet(nn.Module):
         use_gcn = self.arch.endswith("_gcn")
         conv = functools.partial(Conv, dtype=self.dtype, pointwise_matmul=train)
         norm = functools.partial(
-            nn.BatchNorm,  # not batchnorm.BatchNorm: README, "Performance"
+            nn.BatchNorm,
             use_running_average=self.frozen_bn or not train,
             momentum=0.9,
             epsilon=1e-5,
