@@ -167,9 +167,11 @@ def test_a_save_that_cannot_be_written_stops_the_run_and_keeps_the_last_checkpoi
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     _, before = saved_params(workdir, 5)
-    # Checkpoint files of ResNet-18 are up to ~10 MB: no file may grow past 2 MB from here on.
+    # Checkpoint files of ResNet-18 are up to ~10 MB: no file may grow past 2 MB from here on. (Without the
+    # test session's XLA compilation cache, whose entries could not be written under the limit either.)
     r = subprocess.run(_train_args(data_dir, workdir, "--config.num_train_steps=30", *keep_one), cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(2))
+                       capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(2),
+                       env={**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"})
     assert r.returncode == errors.EXIT_SAVE_FAILED == 74, r.stderr[-3000:]
     checkpoint_dir = workdir / "checkpoints"
     assert (f"error: saving a checkpoint to {checkpoint_dir} failed: a file grew past the size limit of this "
