@@ -59,16 +59,13 @@ def functions(module):
     array is an argument, so that XLA cannot fold any of the work into constants. The backward pass gives the
     gradients with respect to the input and the parameters."""
 
-    def apply(variables, x):
-        return module.apply(variables, x)
-
     def forward(variables, x, cot):
         del cot
-        return apply(variables, x)
+        return module.apply(variables, x)
 
     def backward(variables, x, cot):
         def loss(params, x):
-            return jnp.vdot(apply({**variables, "params": params}, x), cot)
+            return jnp.vdot(module.apply({**variables, "params": params}, x), cot)
         return jax.grad(loss, argnums=(0, 1))(variables.get("params", {}), x)
 
     return jax.jit(forward), jax.jit(backward)
