@@ -9,6 +9,7 @@ import logging as std_logging
 import os
 import sys
 import tempfile
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -216,7 +217,8 @@ def quiet_library_logs(verbose: bool = False) -> None:
     errors as one line each unless ``verbose`` (a failed save logs the same traceback from several threads
     before the run stops with `checkpoints.CheckpointSaveError`). Also, unless ``verbose``, the noise a failed
     write leaves behind: asyncio's "Task exception was never retrieved" for each write task orbax abandoned
-    (the same error, with a traceback, once per array) and the "Event loop is closed" that TensorStore's
+    and "_GatheringFuture exception was never retrieved" for each gathering of them (the same error, with a
+    traceback, once per array) and the "Event loop is closed" that TensorStore's
     callbacks print (hundreds of times)."""
     logging.get_absl_handler().addFilter(functools.partial(keep_library_record, verbose=verbose))
     if not verbose:
@@ -227,7 +229,7 @@ def keep_library_record(record: std_logging.LogRecord, verbose: bool = False) ->
     """Whether the console shows ``record``; orbax's errors are cut to their first line unless ``verbose``."""
     message = record.getMessage()
     if record.name == "asyncio":
-        return verbose or "/orbax/" not in message
+        return verbose or not ("/orbax/" in message or _raised_in_orbax(record.exc_info))
     if "/orbax/" not in record.pathname:
         return True
     if record.levelno >= std_logging.ERROR and not verbose:
@@ -236,6 +238,13 @@ def keep_library_record(record: std_logging.LogRecord, verbose: bool = False) ->
     # Saves between evaluations carry no mIoU by design; orbax warns about each of them.
     return (record.levelno >= std_logging.WARNING and "did not provide metrics" not in message
             and "read only" not in message and "read_only=True" not in message)
+
+
+def _raised_in_orbax(exc_info) -> bool:
+    """Whether the exception of a log record passed through orbax's code: a future that gathered orbax's write
+    tasks names no orbax file in its message, only in its traceback."""
+    tb = exc_info[2] if exc_info and exc_info is not True else None
+    return any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
 
 
 def _without_closed_loop_noise(hook):

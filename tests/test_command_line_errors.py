@@ -167,3 +167,28 @@ def test_write_tasks_orbax_abandoned_after_a_failed_save_are_not_a_traceback_eac
                                    "/work/gcn_jax/data/pipeline.py:10>>"}
     [record] = _shown_by_console(ours, verbose=False)
     assert record.exc_info[1] is ours["exception"]
+
+
+def _raised_at(filename: str, exception: Exception) -> Exception:
+    """``exception`` raised from code that claims to live in ``filename``, so its traceback names that file."""
+    scope = {"exception": exception}
+    try:
+        exec(compile("raise exception", filename, "exec"), scope)
+    except type(exception) as e:
+        return e
+    raise AssertionError("not raised")
+
+
+def test_gatherings_of_write_tasks_orbax_abandoned_are_not_a_traceback_each():
+    # As asyncio logged it in CI: the future that gathered orbax's write tasks names no orbax file itself; its
+    # exception's traceback does.
+    orbax_file = "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+    error = _raised_at(orbax_file, ValueError('OUT_OF_RANGE: Error writing "params.x/0" ... File too large'))
+    gathered = {"message": "_GatheringFuture exception was never retrieved", "exception": error,
+                "future": f"<_GatheringFuture finished exception={error!r}>"}
+    assert _shown_by_console(gathered, verbose=False) == []
+    assert len(_shown_by_console(gathered, verbose=True)) == 1
+    ours = _raised_at("/work/gcn_jax/data/pipeline.py", ValueError("a batch could not be decoded"))
+    [record] = _shown_by_console({**gathered, "exception": ours, "future": f"<_GatheringFuture finished "
+                                                                          f"exception={ours!r}>"}, verbose=False)
+    assert record.exc_info[1] is ours
