@@ -185,3 +185,13 @@ def gcn_decoder(params, features, height, width):
     half = (math.ceil(height / 2), math.ceil(width / 2))
     y = boundary_refinement(params["br_s2"], upsample2x(params["up_s2"]["kernel"], y, half))
     return boundary_refinement(params["br_s1"], upsample2x(params["up_s1"]["kernel"], y, (height, width)))
+
+
+def equations(jaxpr):
+    """Every equation of ``jaxpr``, those of the jaxprs nested in it (calls, custom gradients) included."""
+    for e in jaxpr.eqns:
+        yield e
+        for p in e.params.values():
+            sub = getattr(p, "jaxpr", None)
+            if sub is not None:
+                yield from equations(getattr(sub, "jaxpr", sub))

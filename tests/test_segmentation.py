@@ -131,21 +131,13 @@ def test_bfloat16_logits_close_to_float32():
     # and the bf16 model really convolves in bf16 everywhere: backbone, heads, BR and deconvolutions
     jaxpr = jax.make_jaxpr(lambda v, x: bf16.apply(v, x))(variables, x)
     def dtypes(primitive):
-        return [str(e.outvars[0].aval.dtype) for e in _equations(jaxpr.jaxpr) if e.primitive.name == primitive]
+        return [str(e.outvars[0].aval.dtype) for e in reference.equations(jaxpr.jaxpr) if e.primitive.name == primitive]
 
     # ResNet-18 (incl. 3 projections), 4 GCN x 2 (their other two are `LineConv` products), 9 BR x 2, 5 deconvs x
     # 4 phases
     assert dtypes("conv_general_dilated") == ["bfloat16"] * (20 + 4 * 2 + 9 * 2 + 5 * 4)
     assert dtypes("dot_general") == ["bfloat16"] * (4 * 2)
 
-
-def _equations(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        for p in e.params.values():
-            sub = getattr(p, "jaxpr", None)
-            if sub is not None:
-                yield from _equations(getattr(sub, "jaxpr", sub))
 
 
 def test_configs_build_the_papers_models():

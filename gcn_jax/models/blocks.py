@@ -15,7 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gcn_jax.models.conv import conv_general_dilated
+
 HEAD_KINDS = ("gcn", "conv", "stack", "base")
+
+# `nn.Conv` (same parameters, names and value) with the kernel gradient of `gcn_jax.models.conv`.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def check_kernel_size(k: int, what: str = "kernel_size") -> None:
@@ -129,7 +134,7 @@ class GlobalConvBlock(nn.Module):
         k, p = self.kernel_size, self.kernel_size // 2
 
         def conv(shape, pad, name):
-            return nn.Conv(self.features, shape, padding=pad, use_bias=self.use_bias, dtype=self.dtype, name=name)
+            return Conv(self.features, shape, padding=pad, use_bias=self.use_bias, dtype=self.dtype, name=name)
 
         def first_conv(shape, name):  # from the wide backbone features: one matrix product (see `line_conv`)
             return LineConv(self.features, shape, self.use_bias, self.dtype, name=name)
@@ -155,8 +160,8 @@ class BoundaryRefinement(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv1")(x)
-        r = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
+        r = Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv1")(x)
+        r = Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
                     kernel_init=nn.initializers.zeros, name="conv2")(nn.relu(r))
         return x + r
 
@@ -184,7 +189,7 @@ class StackedConvHead(nn.Module):
         m = self.width or x.shape[-1]
         for i in range(n):
             out = self.features if i == n - 1 else m
-            x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
+            x = Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
                         name=f"conv{i + 1}")(x)
         return x
 
@@ -199,7 +204,7 @@ def make_head(kind: str, features: int, kernel_size: int, *, stack_width: int | 
     if kind == "stack":
         return StackedConvHead(features, kernel_size, stack_width, use_bias, dtype, name=name)
     k = kernel_size if kind == "conv" else 1
-    return nn.Conv(features, (k, k), padding=((k // 2, k // 2), (k // 2, k // 2)), use_bias=use_bias, dtype=dtype,
+    return Conv(features, (k, k), padding=((k // 2, k // 2), (k // 2, k // 2)), use_bias=use_bias, dtype=dtype,
                    name=name)
 
 
@@ -288,9 +293,8 @@ def phase_deconv(x, kernel):
         phases = []
         for q in (0, 1):
             taps_q, pad_q = taps_and_padding(q)
-            phases.append(jax.lax.conv_general_dilated(x, kernel[taps_p, taps_q], window_strides=(1, 1),
-                                                       padding=(pad_p, pad_q),
-                                                       dimension_numbers=("NHWC", "HWIO", "NHWC")))
+            phases.append(conv_general_dilated(x, kernel[taps_p, taps_q], window_strides=(1, 1),
+                                               padding=(pad_p, pad_q), dimension_numbers=("NHWC", "HWIO", "NHWC")))
         rows.append(jnp.stack(phases, axis=3))  # (n, h, w, 2: q, O)
     y = jnp.stack(rows, axis=2)  # (n, h, 2: p, w, 2: q, O)
     n, h, _, w = y.shape[:4]

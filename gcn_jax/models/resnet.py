@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gcn_jax.models.conv import conv_general_dilated
+
 # torchvision's initialisation: kaiming normal, fan_out, ReLU gain.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -57,7 +59,7 @@ class Conv(nn.Module):
         (sh, sw), padding = _pair(self.strides), ((0, 0), (0, 0)) if self.padding == 0 else self.padding
         if self.pointwise_matmul and tuple(self.kernel_size) == (1, 1) and padding == ((0, 0), (0, 0)):
             return jnp.einsum("nhwc,cd->nhwd", x[:, ::sh, ::sw], kernel[0, 0])
-        return jax.lax.conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _pool_windows(x):
