@@ -5,7 +5,10 @@ shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
 
 - ``line_conv``: a GCN block's first k x 1 / 1 x k convolution, from each stage's features to 21 classes
   (`blocks.LineConv`: one matrix product and a shifted sum) against `nn.Conv`;
-- ``max_pool``: the stem's 3 x 3 / 2 max-pool (`resnet.max_pool_3x3_s2`) against `nn.max_pool`.
+- ``max_pool``: the stem's 3 x 3 / 2 max-pool (`resnet.max_pool_3x3_s2`) against `nn.max_pool`;
+- ``conv``: the 3 x 3 convolutions of the bottlenecks (res-2..res-5) and of the BR blocks at full and half
+  resolution, with the kernel gradient on an input padded beforehand (`blocks.Conv`, `gcn_jax.models.conv`)
+  against `nn.Conv`.
 
     python -m benchmarks.layers
     python -m benchmarks.layers --layers line_conv --reps 9
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.deconv import timed
-from gcn_jax.models.blocks import LineConv
+from gcn_jax.models.blocks import Conv, LineConv
 from gcn_jax.models.resnet import max_pool_3x3_s2
 
 STAGES = ((64, 256), (32, 512), (16, 1024), (8, 2048))  # (map side, channels) of res-2..res-5 at 256^2
@@ -50,6 +53,14 @@ class _OurPool(nn.Module):
         return max_pool_3x3_s2(x)
 
 
+def conv_cases(classes: int):
+    for side, c in ((64, 64), (32, 128), (16, 256), (8, 512), (256, classes), (128, classes)):
+        pad = ((1, 1), (1, 1))
+        yield (f"{side}x{side}x{c}:3x3", (side, c),
+               {"Conv": Conv(c, (3, 3), padding=pad, use_bias=False), "nn.Conv": nn.Conv(c, (3, 3), padding=pad,
+                                                                                         use_bias=False)})
+
+
 def max_pool_cases():
     yield "128x128x64", (128, 64), {"ours": _OurPool(), "nn.max_pool": _FlaxPool()}
 
@@ -73,8 +84,8 @@ def functions(module):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", nargs="+", default=["line_conv", "max_pool"],
-                        choices=["line_conv", "max_pool"])
+    parser.add_argument("--layers", nargs="+", default=["line_conv", "max_pool", "conv"],
+                        choices=["line_conv", "max_pool", "conv"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--kernel-size", type=int, default=15)
     parser.add_argument("--classes", type=int, default=21)
@@ -85,7 +96,8 @@ def main():
           f"{args.reps} reps x {args.iters} calls")
     print(f"{'layer':>10} {'shape':>22} {'method':>13} {'fwd':>20} {'fwd+bwd':>20}")
     rng = np.random.default_rng(0)
-    cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes), "max_pool": max_pool_cases}
+    cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes), "max_pool": max_pool_cases,
+             "conv": lambda: conv_cases(args.classes)}
     for layer in args.layers:
         for label, (side, c), modules in cases[layer]():
             x = jnp.asarray(3 + 2 * rng.standard_normal((args.batch, side, side, c)), jnp.float32)
