@@ -6,8 +6,8 @@ shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
 - ``line_conv``: a GCN block's first k x 1 / 1 x k convolution, from each stage's features to 21 classes
   (`blocks.LineConv`: one matrix product and a shifted sum) against `nn.Conv`;
 - ``max_pool``: the stem's 3 x 3 / 2 max-pool (`resnet.max_pool_3x3_s2`) against `nn.max_pool`;
-- ``conv``: the 3 x 3 convolutions of the bottlenecks (res-2..res-5) and of the BR blocks at full and half
-  resolution, with the kernel gradient on an input padded beforehand (`blocks.Conv`, `gcn_jax.models.conv`)
+- ``conv``: the 3 x 3 convolutions of the bottlenecks (res-2..res-5, and the strided first ones of res-3..res-5)
+  and of the BR blocks at full and half resolution, with `gcn_jax.models.conv`'s gradients (`blocks.Conv`)
   against `nn.Conv`.
 
     python -m benchmarks.layers
@@ -54,11 +54,12 @@ class _OurPool(nn.Module):
 
 
 def conv_cases(classes: int):
-    for side, c in ((64, 64), (32, 128), (16, 256), (8, 512), (256, classes), (128, classes)):
-        pad = ((1, 1), (1, 1))
-        yield (f"{side}x{side}x{c}:3x3", (side, c),
-               {"Conv": Conv(c, (3, 3), padding=pad, use_bias=False), "nn.Conv": nn.Conv(c, (3, 3), padding=pad,
-                                                                                         use_bias=False)})
+    pad = ((1, 1), (1, 1))
+    for side, c, stride in ((64, 64, 1), (32, 128, 1), (16, 256, 1), (8, 512, 1), (256, classes, 1),
+                            (128, classes, 1), (64, 128, 2), (32, 256, 2), (16, 512, 2)):
+        yield (f"{side}x{side}x{c}:3x3" + ("/2" if stride == 2 else ""), (side, c),
+               {"Conv": Conv(c, (3, 3), stride, padding=pad, use_bias=False),
+                "nn.Conv": nn.Conv(c, (3, 3), stride, padding=pad, use_bias=False)})
 
 
 def max_pool_cases():

@@ -17,6 +17,6 @@ def test_layers_benchmark_prints_both_forms_of_each_layer():
     pairs = {(r[0], r[2]) for r in rows}
     assert pairs == {("line_conv", "LineConv"), ("line_conv", "nn.Conv"), ("max_pool", "ours"),
                      ("max_pool", "nn.max_pool"), ("conv", "Conv"), ("conv", "nn.Conv")}
-    assert len(rows) == 2 * 8 + 2 + 2 * 6  # 4 stages x 2 orientations, the stem, 4 bottleneck + 2 BR 3x3 convs
+    assert len(rows) == 2 * 8 + 2 + 2 * 9  # 4 stages x 2 orientations, the stem; 3x3: 4 + 3 strided, 2 BR
     for r in rows:  # ms per call, forward and forward + backward
         assert float(r[3]) > 0 and float(r[5]) > 0

@@ -1,11 +1,17 @@
-"""`lax.conv_general_dilated` with a kernel gradient that XLA's CPU backend computes faster.
+"""`lax.conv_general_dilated` with gradients that XLA's CPU backend computes faster.
 
-Autodiff of a padded convolution gives a kernel-gradient convolution that carries the same padding. On XLA's
-CPU backend (Eigen) that convolution is 10-40% slower than the same one on an input padded beforehand, so
-`conv_general_dilated` here pads the input explicitly for the kernel gradient and leaves the forward pass and
-the input gradient as autodiff makes them. The values are the same sums in the same order (the tests compare
-them); only the place where the zeros are added moves. Used by the backbone's and the decoder's convolutions;
-`nn.Conv(..., conv_general_dilated=conv_general_dilated)` takes it as it takes lax's.
+- Kernel gradient of a stride-1 convolution: autodiff gives a kernel-gradient convolution that carries the
+  padding itself, over a window as large as the feature map. On XLA's CPU backend (Eigen) it is 10-40% slower
+  than the same convolution on an input padded beforehand, so the input is padded explicitly for it. (With a
+  stride the explicit padding was slower; those keep autodiff's.)
+- Input gradient of a strided convolution: autodiff gives a convolution over the output gradient dilated by the
+  stride, whose multiply-adds mostly hit the inserted zeros. Here each of the stride x stride phases of the
+  input gradient (the input pixels at one offset modulo the stride) is an ordinary convolution of the output
+  gradient with the kernel taps that reach that phase, as `blocks.Deconv2x` does for the decoder.
+
+The forward pass and the other gradients are autodiff's. The values are the same sums (the tests compare them
+with lax's autodiff). Used by the backbone's and the decoder's convolutions; `nn.Conv(...,
+conv_general_dilated=conv_general_dilated)` takes it as it takes lax's.
 """
 
 from __future__ import annotations
@@ -49,13 +55,55 @@ def _conv(strides, padding, rhs_dilation, precision):
     def forward(x, w):
         return conv(x, w, padding), (x, w)
 
+    strided = any(s > 1 for s in strides)
+
     def backward(residuals, dy):
         x, w = residuals
-        dx = jax.vjp(lambda x: conv(x, w, padding), x)[1](dy)[0]
-        # lax.pad, unlike jnp.pad, also takes the negative padding (a crop) that lax's convolution allows.
-        x_padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
-        dw = jax.vjp(lambda w: conv(x_padded, w, ((0, 0), (0, 0))), w)[1](dy)[0]
+        if strided and rhs_dilation == (1, 1):
+            dx = _strided_input_gradient(dy, w, x.shape, strides, padding, precision)
+        else:
+            dx = jax.vjp(lambda x: conv(x, w, padding), x)[1](dy)[0]
+        if strided:
+            dw = jax.vjp(lambda w: conv(x, w, padding), w)[1](dy)[0]
+        else:
+            # lax.pad, unlike jnp.pad, also takes the negative padding (a crop) that lax's convolution allows.
+            x_padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding),
+                                                           (0, 0, 0)))
+            dw = jax.vjp(lambda w: conv(x_padded, w, ((0, 0), (0, 0))), w)[1](dy)[0]
         return dx, dw
 
     padded_conv.defvjp(forward, backward)
     return padded_conv
+
+
+def _phase(size_out: int, stride: int, k: int, lo: int, r: int, phase_size: int):
+    """For the input pixels r, r + stride, ... along one axis: the kernel taps that reach them (a slice, last tap
+    first) and the padding of the output gradient (size_out) under which the convolution with those taps gives
+    their input gradient, phase_size of them. Input pixel a * stride + r gets tap t from output pixel
+    a + (r + lo - t) / stride where that is a whole number. (None, None) when no tap reaches them."""
+    taps = [t for t in range(k - 1, -1, -1) if (r + lo - t) % stride == 0]
+    if not taps:
+        return None, None
+    first = (r + lo - taps[0]) // stride  # the offset of the last tap; the others follow one output pixel apart
+    return slice(taps[0], None, -stride), (-first, phase_size + first + len(taps) - 1 - size_out)
+
+
+def _strided_input_gradient(dy, w, x_shape, strides, padding, precision):
+    """The input gradient of a strided convolution (no dilation), phase by phase (module docstring)."""
+    n, h, wd, c = x_shape
+    (sh, sw), wt = strides, jnp.swapaxes(w, 2, 3)  # (kh, kw, O, C): the output gradient convolved back to C
+    ph, pw = -(-h // sh), -(-wd // sw)  # the largest phase along each axis
+    rows = []
+    for r in range(sh):
+        taps_r, pad_r = _phase(dy.shape[1], sh, w.shape[0], padding[0][0], r, ph)
+        cols = []
+        for q in range(sw):
+            taps_q, pad_q = _phase(dy.shape[2], sw, w.shape[1], padding[1][0], q, pw)
+            if taps_r is None or taps_q is None:
+                cols.append(jnp.zeros((n, ph, pw, c), dy.dtype))
+                continue
+            cols.append(lax.conv_general_dilated(dy, wt[taps_r, taps_q], (1, 1), (pad_r, pad_q),
+                                                 dimension_numbers=_NHWC, precision=precision))
+        rows.append(jnp.stack(cols, axis=3))  # (n, ph, sw, pw, C)
+    dx = jnp.stack(rows, axis=2)  # (n, ph, sh, pw, sw, C): pixel (a * sh + r, b * sw + q)
+    return dx.reshape(n, ph * sh, pw * sw, c)[:, :h, :wd]
