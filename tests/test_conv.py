@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from gcn_jax.models import blocks
-from gcn_jax.models.conv import conv_general_dilated
+from gcn_jax.models.conv import conv_general_dilated, pointwise_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = {  # kernel (kh, kw), strides, padding, rhs_dilation
@@ -95,3 +95,22 @@ def test_a_strided_input_gradient_convolves_no_dilated_gradient():
     assert all(e.params["lhs_dilation"] == (1, 1) for e in convs)
     phases = [e for e in convs if e.invars[0].aval.shape == (2, 6, 5, 4)]  # the output gradient
     assert sorted(e.invars[1].aval.shape[:2] for e in phases) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("c, o", [(6, 3), (3, 6)])
+def test_pointwise_conv_is_the_1x1_convolution(c, o):
+    x, w = _case((1, 1), c=c, o=o)
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), ((0, 0), (0, 0)), dimension_numbers=DN)
+
+    def ours(x, w):
+        return pointwise_conv(x, w[0, 0])
+
+    y = ref(x, w)
+    np.testing.assert_allclose(ours(x, w), y, rtol=1e-6, atol=1e-6)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), jnp.float32)
+    grads = [jax.jit(jax.grad(lambda x, w, f=f: jnp.vdot(f(x, w), cot), argnums=(0, 1)))(x, w) for f in (ours, ref)]
+    for what, a, b in zip(("input", "kernel"), *grads):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"gradient with respect to the {what}")

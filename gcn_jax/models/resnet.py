@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gcn_jax.models.conv import conv_general_dilated
+from gcn_jax.models.conv import conv_general_dilated, pointwise_conv
 
 # torchvision's initialisation: kaiming normal, fan_out, ReLU gain.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -40,9 +40,10 @@ def _pair(v) -> tuple[int, int]:
 class Conv(nn.Module):
     """The backbone's convolution, without bias: `nn.Conv`'s parameter ('kernel', (kh, kw, in, out)) and
     function. With `pointwise_matmul` (set when training), a 1 x 1 convolution (most of a bottleneck's) is
-    computed as the matrix product it is, of the (strided) pixels with the kernel: XLA's CPU backend then needs
-    no layout transposes for its gradients, which made ResNet-50's forward + backward about 12% faster there;
-    the forward pass alone was faster as a convolution (README, "Performance")."""
+    computed as the matrix product it is, of the (strided) pixels with the kernel (`conv.pointwise_conv`): XLA's
+    CPU backend then needs no layout transposes for its gradients, which made ResNet-50's forward + backward
+    about 12% faster there; the forward pass alone was faster as a convolution (README, "Performance"). Other
+    convolutions go through `conv.conv_general_dilated` (lax's, with faster gradients)."""
 
     features: int
     kernel_size: tuple[int, int]
@@ -58,7 +59,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         (sh, sw), padding = _pair(self.strides), ((0, 0), (0, 0)) if self.padding == 0 else self.padding
         if self.pointwise_matmul and tuple(self.kernel_size) == (1, 1) and padding == ((0, 0), (0, 0)):
-            return jnp.einsum("nhwc,cd->nhwd", x[:, ::sh, ::sw], kernel[0, 0])
+            return pointwise_conv(x[:, ::sh, ::sw], kernel[0, 0])
         return conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
