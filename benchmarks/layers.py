@@ -8,7 +8,9 @@ shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
 - ``max_pool``: the stem's 3 x 3 / 2 max-pool (`resnet.max_pool_3x3_s2`) against `nn.max_pool`;
 - ``conv``: the 3 x 3 convolutions of the bottlenecks (res-2..res-5, and the strided first ones of res-3..res-5)
   and of the BR blocks at full and half resolution, with `gcn_jax.models.conv`'s gradients (`blocks.Conv`)
-  against `nn.Conv`.
+  against `nn.Conv`;
+- ``pointwise``: the 1 x 1 convolutions of the bottlenecks as matrix products when training
+  (`resnet.Conv(pointwise_matmul=True)`, `conv.pointwise_conv`) against the einsum with autodiff's gradient.
 
     python -m benchmarks.layers
     python -m benchmarks.layers --layers line_conv --reps 9
@@ -27,7 +29,7 @@ import numpy as np
 
 from benchmarks.deconv import timed
 from gcn_jax.models.blocks import Conv, LineConv
-from gcn_jax.models.resnet import max_pool_3x3_s2
+from gcn_jax.models.resnet import Conv as BackboneConv, max_pool_3x3_s2
 
 STAGES = ((64, 256), (32, 512), (16, 1024), (8, 2048))  # (map side, channels) of res-2..res-5 at 256^2
 
@@ -62,6 +64,22 @@ def conv_cases(classes: int):
                 "nn.Conv": nn.Conv(c, (3, 3), stride, padding=pad, use_bias=False)})
 
 
+class _EinsumPointwise(nn.Module):
+    """The 1 x 1 convolution as the plain einsum `conv.pointwise_conv` replaced (autodiff's gradient)."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
+        return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+
+
+def pointwise_cases():
+    for side, c, o in ((64, 256, 64), (64, 64, 256), (32, 512, 128), (32, 128, 512), (8, 2048, 512), (8, 512, 2048)):
+        yield (f"{side}x{side}x{c}:1x1->{o}", (side, c),
+               {"ours": BackboneConv(o, (1, 1), pointwise_matmul=True), "einsum": _EinsumPointwise(o)})
+
+
 def max_pool_cases():
     yield "128x128x64", (128, 64), {"ours": _OurPool(), "nn.max_pool": _FlaxPool()}
 
@@ -85,8 +103,8 @@ def functions(module):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", nargs="+", default=["line_conv", "max_pool", "conv"],
-                        choices=["line_conv", "max_pool", "conv"])
+    layers = ["line_conv", "max_pool", "conv", "pointwise"]
+    parser.add_argument("--layers", nargs="+", default=layers, choices=layers)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--kernel-size", type=int, default=15)
     parser.add_argument("--classes", type=int, default=21)
@@ -98,7 +116,7 @@ def main():
     print(f"{'layer':>10} {'shape':>22} {'method':>13} {'fwd':>20} {'fwd+bwd':>20}")
     rng = np.random.default_rng(0)
     cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes), "max_pool": max_pool_cases,
-             "conv": lambda: conv_cases(args.classes)}
+             "conv": lambda: conv_cases(args.classes), "pointwise": pointwise_cases}
     for layer in args.layers:
         for label, (side, c), modules in cases[layer]():
             x = jnp.asarray(3 + 2 * rng.standard_normal((args.batch, side, side, c)), jnp.float32)
