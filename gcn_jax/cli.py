@@ -243,8 +243,7 @@ def keep_library_record(record: std_logging.LogRecord, verbose: bool = False) ->
 def _raised_in_orbax(exc_info) -> bool:
     """Whether the exception of a log record passed through orbax's code: a future that gathered orbax's write
     tasks names no orbax file in its message, only in its traceback."""
-    tb = exc_info[2] if exc_info and exc_info is not True else None
-    return any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
+    return bool(exc_info) and any("/orbax/" in frame.filename for frame in traceback.extract_tb(exc_info[2]))
 
 
 def _without_closed_loop_noise(hook):

@@ -1,5 +1,6 @@
-"""`gcn_jax.models.conv.conv_general_dilated`: lax's convolution with the kernel gradient taken on an input
-padded beforehand. Same values and gradients as lax's autodiff, for every kind of convolution the model uses."""
+"""`gcn_jax.models.conv`: lax's convolution with faster forms of autodiff's gradients (stride-1 kernel gradients
+on an input padded beforehand, strided input gradients by phases, 1 x 1 kernel gradients as one product). Same
+values and gradients as lax's autodiff, for every kind of convolution the model uses."""
 
 import flax.linen as nn
 import jax
@@ -34,6 +35,19 @@ def _case(kernel, c=5, o=4, size=(11, 9)):
     return x, w
 
 
+def _same_values_and_gradients(ours, ref, x, w):
+    """ours(x, w) equals ref(x, w), and so do the gradients of both with respect to x and w (ours jitted, as in
+    training); returns the two (input, kernel) gradient pairs."""
+    y = ref(x, w)
+    np.testing.assert_allclose(ours(x, w), y, rtol=1e-6, atol=1e-6)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), jnp.float32)
+    grads = [jax.jit(jax.grad(lambda x, w, f=f: jnp.vdot(f(x, w), cot), argnums=(0, 1)))(x, w) for f in (ours, ref)]
+    for what, a, b in zip(("input", "kernel"), *grads):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"gradient with respect to the {what}")
+    return grads
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_values_and_gradients_are_lax_autodiff(name):
     kernel, strides, padding, dilation = CASES[name]
@@ -45,13 +59,7 @@ def test_values_and_gradients_are_lax_autodiff(name):
     def ref(x, w):
         return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=DN)
 
-    y = ref(x, w)
-    np.testing.assert_allclose(ours(x, w), y, rtol=1e-6, atol=1e-6)
-    cot = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), jnp.float32)
-    grads = [jax.jit(jax.grad(lambda x, w, f=f: jnp.vdot(f(x, w), cot), argnums=(0, 1)))(x, w) for f in (ours, ref)]
-    for what, a, b in zip(("input", "kernel"), *grads):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"gradient with respect to the {what}")
+    grads = _same_values_and_gradients(ours, ref, x, w)
     if kernel != (1, 1):  # the comparison tells the taps apart: the kernel gradient with its taps reversed differs
         assert not np.allclose(grads[0][1][::-1, ::-1], grads[1][1], atol=1e-3)
 
@@ -70,8 +78,8 @@ def test_the_kernel_gradient_convolves_an_input_padded_beforehand():
                                     dict(padding=((1, 1), (1, 1)), feature_group_count=5)])
 def test_other_convolutions_are_lax_s(kwargs):
     x, w = _case((3, 3))
-    if "feature_group_count" in kwargs:
-        w = w[:, :, :1, :].repeat(4, axis=3)[..., :5]
+    if "feature_group_count" in kwargs:  # depthwise: one input channel per group, 5 groups of 1 output each
+        w = w[:, :, :1, :1].repeat(5, axis=3)
     args = (x, w, (1, 1), kwargs.pop("padding"))
     ours = conv_general_dilated(*args, dimension_numbers=DN, **kwargs)
     np.testing.assert_array_equal(ours, lax.conv_general_dilated(*args, dimension_numbers=DN, **kwargs))
@@ -107,10 +115,4 @@ def test_pointwise_conv_is_the_1x1_convolution(c, o):
     def ours(x, w):
         return pointwise_conv(x, w[0, 0])
 
-    y = ref(x, w)
-    np.testing.assert_allclose(ours(x, w), y, rtol=1e-6, atol=1e-6)
-    cot = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), jnp.float32)
-    grads = [jax.jit(jax.grad(lambda x, w, f=f: jnp.vdot(f(x, w), cot), argnums=(0, 1)))(x, w) for f in (ours, ref)]
-    for what, a, b in zip(("input", "kernel"), *grads):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"gradient with respect to the {what}")
+    _same_values_and_gradients(ours, ref, x, w)

@@ -139,7 +139,6 @@ def test_bfloat16_logits_close_to_float32():
     assert dtypes("dot_general") == ["bfloat16"] * (4 * 2)
 
 
-
 def test_configs_build_the_papers_models():
     m = build_model(voc.get_config().model)
     assert (m.backbone, m.head, m.kernel_size, m.use_br, m.num_classes) == ("resnet152", "gcn", 15, True, 21)

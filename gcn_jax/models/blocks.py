@@ -19,7 +19,7 @@ from gcn_jax.models.conv import conv_general_dilated
 
 HEAD_KINDS = ("gcn", "conv", "stack", "base")
 
-# `nn.Conv` (same parameters, names and value) with the kernel gradient of `gcn_jax.models.conv`.
+# `nn.Conv` (same parameters, names and value) with the faster gradients of `gcn_jax.models.conv`.
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
@@ -162,7 +162,7 @@ class BoundaryRefinement(nn.Module):
         c = x.shape[-1]
         r = Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype, name="conv1")(x)
         r = Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
-                    kernel_init=nn.initializers.zeros, name="conv2")(nn.relu(r))
+                 kernel_init=nn.initializers.zeros, name="conv2")(nn.relu(r))
         return x + r
 
 
@@ -190,7 +190,7 @@ class StackedConvHead(nn.Module):
         for i in range(n):
             out = self.features if i == n - 1 else m
             x = Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias, dtype=self.dtype,
-                        name=f"conv{i + 1}")(x)
+                     name=f"conv{i + 1}")(x)
         return x
 
 
@@ -205,7 +205,7 @@ def make_head(kind: str, features: int, kernel_size: int, *, stack_width: int | 
         return StackedConvHead(features, kernel_size, stack_width, use_bias, dtype, name=name)
     k = kernel_size if kind == "conv" else 1
     return Conv(features, (k, k), padding=((k // 2, k // 2), (k // 2, k // 2)), use_bias=use_bias, dtype=dtype,
-                   name=name)
+                name=name)
 
 
 def bilinear_kernel(size: int, channels: int) -> np.ndarray:

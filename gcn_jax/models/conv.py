@@ -62,18 +62,20 @@ def _conv(strides, padding, rhs_dilation, precision):
     strided = any(s > 1 for s in strides)
 
     def backward(residuals, dy):
+        # autodiff's gradients are the transposes of the convolution, linear in x and in w; taken with
+        # `jax.linear_transpose`, which (unlike a vjp) does not evaluate the convolution again first
         x, w = residuals
         if strided and rhs_dilation == (1, 1):
             dx = _strided_input_gradient(dy, w, x.shape, strides, padding, precision)
         else:
-            dx = jax.vjp(lambda x: conv(x, w, padding), x)[1](dy)[0]
+            dx = jax.linear_transpose(lambda x: conv(x, w, padding), x)(dy)[0]
         if strided:
-            dw = jax.vjp(lambda w: conv(x, w, padding), w)[1](dy)[0]
+            dw = jax.linear_transpose(lambda w: conv(x, w, padding), w)(dy)[0]
         else:
             # lax.pad, unlike jnp.pad, also takes the negative padding (a crop) that lax's convolution allows.
             x_padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding),
                                                            (0, 0, 0)))
-            dw = jax.vjp(lambda w: conv(x_padded, w, ((0, 0), (0, 0))), w)[1](dy)[0]
+            dw = jax.linear_transpose(lambda w: conv(x_padded, w, ((0, 0), (0, 0))), w)(dy)[0]
         return dx, dw
 
     padded_conv.defvjp(forward, backward)
@@ -120,7 +122,7 @@ def pointwise_conv(x, kernel):
 
 
 def _pointwise_forward(x, kernel):
-    return pointwise_conv(x, kernel), (x, kernel)
+    return jnp.einsum("nhwc,cd->nhwd", x, kernel), (x, kernel)
 
 
 def _pointwise_backward(residuals, dy):
