@@ -11,7 +11,9 @@ The JAX side is `train_step.py --config configs/voc.py` with --config.model.back
 .num_classes, .use_br, --config.crop_size and --config.global_batch_size set from the flags here (float32,
 SGD with momentum 0.9 and weight decay, as the torch side); arguments after `--` are added to its command line
 (e.g. more --config overrides; not model.backbone_width, which the peer does not have). XLA's environment
-(XLA_FLAGS) is inherited. --torch-args go to torch_peer.py.
+(XLA_FLAGS) is inherited. --torch-args go to torch_peer.py. Both sides run with the same C library settings:
+where gcn_jax's commands would ask glibc for huge pages (`gcn_jax.huge_pages`; GCN_JAX_HUGE_PAGES=0: not),
+both sides get GLIBC_TUNABLES with glibc.malloc.hugetlb=1, and the table says so.
 Rounds alternate which side starts (JAX-torch, torch-JAX, ...), so a slow drift of the machine touches both
 alike; run it on a quiet machine. Each run is a fresh process with its own warm-up (--warmup, --reps, --steps
 as in train_step.py). torch is optional: `pip install -r requirements-bench.txt`.
@@ -28,6 +30,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from gcn_jax import huge_pages  # noqa: E402 (gcn_jax from this checkout)
 
 
 def jax_command(args, json_path: str, extra: list[str]) -> list[str]:
@@ -53,7 +57,8 @@ def run_side(name: str, command: list[str], json_path: str) -> dict:
     """Run one benchmark process, echo its table, return its JSON."""
     print(f"$ {shlex.join(command)}", flush=True)
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # gcn_jax from this checkout
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
+    env = {**huge_pages.environment(os.environ), "PYTHONPATH": path}  # the same for both sides
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     print(proc.stdout.rstrip(), flush=True)
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -131,9 +136,10 @@ def main(argv=None):
             rounds.append(result)
     table = summary(rounds)
     h, w = args.size
+    tunables = huge_pages.environment(os.environ).get("GLIBC_TUNABLES", "")
     print(f"\n{args.part}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, BR "
           f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, float32; images/s, median (min-max) "
-          f"over {args.rounds} round(s)")
+          f"over {args.rounds} round(s); GLIBC_TUNABLES={tunables or '(none)'} for both")
     print(f"{'':<6} {'JAX':>22} {'torch':>22} {'JAX/torch':>10}")
     for mode, row in table.items():
         cells = [f"{row[s]['images_per_s']:.2f} ({row[s]['min']:.2f}-{row[s]['max']:.2f})" for s in ("jax", "torch")]
@@ -141,8 +147,8 @@ def main(argv=None):
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         with open(args.json, "w") as f:
-            json.dump({"settings": {**settings, "jax_extra_args": extra}, "summary": table, "rounds": rounds}, f,
-                      indent=2)
+            json.dump({"settings": {**settings, "jax_extra_args": extra, "glibc_tunables": tunables},
+                       "summary": table, "rounds": rounds}, f, indent=2)
         print(f"wrote {args.json}")
 
 
