@@ -9,6 +9,8 @@ shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
 - ``conv``: the 3 x 3 convolutions of the bottlenecks (res-2..res-5, and the strided first ones of res-3..res-5)
   and of the BR blocks at full and half resolution, with `gcn_jax.models.conv`'s gradients (`blocks.Conv`)
   against `nn.Conv`;
+- ``stem``: the stem's 7 x 7 / 2 convolution on the image, with the kernel gradient only (the network takes no
+  input gradient there), `resnet.Conv` against `nn.Conv`;
 - ``pointwise``: the 1 x 1 convolutions of the bottlenecks as matrix products when training
   (`resnet.Conv(pointwise_matmul=True)`, `conv.pointwise_conv`) against the einsum with autodiff's gradient.
 
@@ -80,14 +82,20 @@ def pointwise_cases():
                {"ours": BackboneConv(o, (1, 1), pointwise_matmul=True), "einsum": _EinsumPointwise(o)})
 
 
+def stem_cases():
+    pad = ((3, 3), (3, 3))  # on the image: the network takes no input gradient here, so neither does the timing
+    yield "256x256x3:7x7/2->64", (256, 3), {"Conv": Conv(64, (7, 7), 2, padding=pad, use_bias=False),
+                                            "nn.Conv": nn.Conv(64, (7, 7), 2, padding=pad, use_bias=False)}
+
+
 def max_pool_cases():
     yield "128x128x64", (128, 64), {"ours": _OurPool(), "nn.max_pool": _FlaxPool()}
 
 
-def functions(module):
+def functions(module, input_gradient: bool = True):
     """(forward, forward + backward) of a module, jitted, both called as f(variables, x, cotangent): every
     array is an argument, so that XLA cannot fold any of the work into constants. The backward pass gives the
-    gradients with respect to the input and the parameters."""
+    gradients with respect to the parameters and (``input_gradient``) the input."""
 
     def forward(variables, x, cot):
         del cot
@@ -96,14 +104,14 @@ def functions(module):
     def backward(variables, x, cot):
         def loss(params, x):
             return jnp.vdot(module.apply({**variables, "params": params}, x), cot)
-        return jax.grad(loss, argnums=(0, 1))(variables.get("params", {}), x)
+        return jax.grad(loss, argnums=(0, 1) if input_gradient else 0)(variables.get("params", {}), x)
 
     return jax.jit(forward), jax.jit(backward)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    layers = ["line_conv", "max_pool", "conv", "pointwise"]
+    layers = ["line_conv", "max_pool", "conv", "stem", "pointwise"]
     parser.add_argument("--layers", nargs="+", default=layers, choices=layers)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--kernel-size", type=int, default=15)
@@ -116,13 +124,13 @@ def main():
     print(f"{'layer':>10} {'shape':>22} {'method':>13} {'fwd':>20} {'fwd+bwd':>20}")
     rng = np.random.default_rng(0)
     cases = {"line_conv": lambda: line_conv_cases(args.kernel_size, args.classes), "max_pool": max_pool_cases,
-             "conv": lambda: conv_cases(args.classes), "pointwise": pointwise_cases}
+             "conv": lambda: conv_cases(args.classes), "stem": stem_cases, "pointwise": pointwise_cases}
     for layer in args.layers:
         for label, (side, c), modules in cases[layer]():
             x = jnp.asarray(3 + 2 * rng.standard_normal((args.batch, side, side, c)), jnp.float32)
             fns = {}
             for name, module in modules.items():
-                fns[name, "fwd"], fns[name, "bwd"] = functions(module)
+                fns[name, "fwd"], fns[name, "bwd"] = functions(module, input_gradient=layer != "stem")
             # each pair has the same variables (that is the point of the rewrites): one set serves both
             variables = next(iter(modules.values())).init(jax.random.key(0), x)
             out = jax.eval_shape(fns[next(iter(modules)), "fwd"], variables, x, None)
