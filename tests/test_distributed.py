@@ -56,9 +56,19 @@ def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
         parts = [next(s) for s in shards]
         batches.append({k: np.concatenate([p[k] for p in parts]) for k in ("image", "label", "mask")})
     losses, params, _ = run_steps(config, jax.devices()[:2], batches)
+    _, initial, _ = run_steps(config, jax.devices()[:2], [])
     step, two_process = saved_params(workdir)
     assert step == 3
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), two_process, params)
+
+    # The parameters agree to a small part of how far 3 steps moved them. Not to float rounding: the sums across
+    # processes (gloo) and across devices are in other orders, and the early BatchNorm biases' gradients cancel
+    # to a few parts in a thousand of their terms, so those biases (which start at 0) differed by up to 1.4% of
+    # their value on an AMD EPYC. Training on the wrong shard, or without the cross-process
+    # mean, moves them by tens of percent.
+    def agree(a, b, start):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-6, 0.05 * float(np.max(np.abs(b - start)))))
+
+    jax.tree.map(agree, two_process, params, initial)
     logged = [r["train/loss"] for r in read_jsonl(workdir) if "train/loss" in r]
     np.testing.assert_allclose(logged, losses, rtol=1e-5)
     # Each process refined its own 5 validation images; the counts were summed over both.
