@@ -60,11 +60,11 @@ def test_two_processes_on_loopback_agree_with_one(data_dir, tmp_path):
     step, two_process = saved_params(workdir)
     assert step == 3
 
-    # The parameters agree to a small part of how far 3 steps moved them. Not to float rounding: the sums across
+    # The parameters agree to a small part of how far 3 steps moved them, not to float rounding: the sums across
     # processes (gloo) and across devices are in other orders, and the early BatchNorm biases' gradients cancel
     # to a few parts in a thousand of their terms, so those biases (which start at 0) differed by up to 1.4% of
-    # their value on an AMD EPYC. Training on the wrong shard, or without the cross-process
-    # mean, moves them by tens of percent.
+    # their value on an AMD EPYC. Both processes training on process 0's shard fails it (the first BatchNorm's
+    # bias: 62 of its 64 values).
     def agree(a, b, start):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-6, 0.05 * float(np.max(np.abs(b - start)))))
 
