@@ -53,11 +53,9 @@ def torch_command(args, json_path: str) -> list[str]:
             *(["--no-br"] if args.no_br else []), *shlex.split(args.torch_args)]
 
 
-def run_side(name: str, command: list[str], json_path: str) -> dict:
-    """Run one benchmark process, echo its table, return its JSON."""
+def run_side(name: str, command: list[str], json_path: str, env: dict[str, str]) -> dict:
+    """Run one benchmark process in ``env``, echo its table, return its JSON."""
     print(f"$ {shlex.join(command)}", flush=True)
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # gcn_jax from this checkout
-    env = {**huge_pages.environment(os.environ), "PYTHONPATH": path}  # the same for both sides
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     print(proc.stdout.rstrip(), flush=True)
     if proc.returncode != 0:
@@ -123,6 +121,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # gcn_jax from this checkout
+    env = {**huge_pages.environment(os.environ), "PYTHONPATH": path}  # the same for both sides
+    tunables = env.get("GLIBC_TUNABLES", "")
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -132,11 +133,10 @@ def main(argv=None):
             result = {}
             for side in order:
                 print(f"\n== round {r + 1}/{args.rounds}: {side}", flush=True)
-                result[side] = run_side(side, commands[side], paths[side])
+                result[side] = run_side(side, commands[side], paths[side], env)
             rounds.append(result)
     table = summary(rounds)
     h, w = args.size
-    tunables = huge_pages.environment(os.environ).get("GLIBC_TUNABLES", "")
     print(f"\n{args.part}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, BR "
           f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, float32; images/s, median (min-max) "
           f"over {args.rounds} round(s); GLIBC_TUNABLES={tunables or '(none)'} for both")

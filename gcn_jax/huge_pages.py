@@ -45,12 +45,15 @@ def glibc_version() -> tuple[int, int] | None:
     return (numbers[0], (numbers + [0])[1]) if name == "glibc" and numbers else None
 
 
+def _sets_huge_pages(tunables: str) -> bool:
+    return any(s.split("=")[0] == TUNABLE for s in tunables.split(":"))
+
+
 def with_huge_pages(tunables: str) -> str:
     """A ``GLIBC_TUNABLES`` value with ``glibc.malloc.hugetlb=1`` added, unless it sets that tunable already."""
-    settings = [s for s in tunables.split(":") if s]
-    if any(s.split("=")[0] == TUNABLE for s in settings):
+    if _sets_huge_pages(tunables):
         return tunables
-    return ":".join([*settings, f"{TUNABLE}=1"])
+    return ":".join([*(s for s in tunables.split(":") if s), f"{TUNABLE}=1"])
 
 
 def applies(environ=os.environ, mode: str | None = "", glibc: tuple[int, int] | None = ()) -> bool:
@@ -58,7 +61,7 @@ def applies(environ=os.environ, mode: str | None = "", glibc: tuple[int, int] | 
     (`glibc_version`) are read from this machine unless given."""
     if environ.get(OPT_OUT, "1") == "0" or sys.platform != "linux":
         return False
-    if with_huge_pages(environ.get("GLIBC_TUNABLES", "")) == environ.get("GLIBC_TUNABLES", ""):
+    if _sets_huge_pages(environ.get("GLIBC_TUNABLES", "")):
         return False  # set already, by the user or by an earlier start
     mode = thp_mode() if mode == "" else mode
     glibc = glibc_version() if glibc == () else glibc
@@ -67,21 +70,23 @@ def applies(environ=os.environ, mode: str | None = "", glibc: tuple[int, int] | 
 
 def environment(environ=os.environ) -> dict[str, str]:
     """``environ`` with huge pages asked for where that `applies` (for child processes, e.g. benchmarks')."""
-    environ = dict(environ)
-    if applies(environ):
-        environ["GLIBC_TUNABLES"] = with_huge_pages(environ.get("GLIBC_TUNABLES", ""))
-    return environ
+    if not applies(environ):
+        return dict(environ)
+    return {**environ, "GLIBC_TUNABLES": with_huge_pages(environ.get("GLIBC_TUNABLES", ""))}
 
 
 def restart_with_huge_pages(environ=os.environ) -> None:
     """Start this command again with huge pages asked for, where that `applies` and the command was started from
     a file (``python train.py ...``, ``python -m benchmarks.train_step ...``; not ``python -c``). Call it first
     thing, before any output: nothing after the call runs in this process when it restarts."""
-    if not os.path.isfile(sys.argv[0]) or not applies(environ):
+    if not os.path.isfile(sys.argv[0]):
         return
+    env = environment(environ)
+    if env.get("GLIBC_TUNABLES") == environ.get("GLIBC_TUNABLES"):
+        return  # nothing to ask for here
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment(environ))
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     except OSError:  # never required: carry on as started
         pass
