@@ -15,9 +15,12 @@ config's network (training: the train step with loss, gradients and optimizer up
 alone (training: forward and backward of the sum of the four stage outputs, BN in training mode), `deconv` one
 x2 deconvolution of config.model.num_classes channels from ceil(H/2) x ceil(W/2) to the crop size H x W, the
 network's last one (training: forward and backward of the sum of its output, gradients of kernel and input).
-Inference is the forward pass in each case.
+Inference is the forward pass in each case, compiled with the options evaluation gets
+(`gcn_jax.xla_flags.forward_options()`).
 
-FLOPs come from XLA's cost analysis of the compiled step (the program of one device, times the devices). MFU
+FLOPs come from XLA's cost analysis of the step's program as traced, before compilation: the whole batch's
+arithmetic, on any number of devices, and counted also where the compiler hands operations to a library that its
+cost analysis does not see (the inference programs' oneDNN convolutions, `gcn_jax.xla_flags.FORWARD_OPTIONS`). MFU
 divides the achieved FLOP/s by a peak: --peak (FLOP/s per device) if given; else, on CPU, a float32 matmul
 measured here (the best of several 2048x2048 products per core-set XLA uses); else the nominal datasheet peak of
 a known accelerator for the compute dtype (`NOMINAL_PEAKS`). Peak memory is the device's `memory_stats()`
@@ -34,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from gcn_jax import cli, parallel
+from gcn_jax import cli, parallel, xla_flags
 from gcn_jax.images import model_input, size_pair
 from gcn_jax.models import build_model
 from gcn_jax.models.blocks import Deconv2x
@@ -67,9 +70,9 @@ NOMINAL_PEAKS = {
 }
 
 
-def flops_of(compiled) -> float:
-    """XLA's FLOP count of a compiled program (one device's)."""
-    cost = compiled.cost_analysis()
+def flops_of(lowered) -> float:
+    """XLA's FLOP count of a lowered program (the global one, all devices together)."""
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", float("nan")))
 
@@ -125,15 +128,16 @@ def random_batch(config, mesh) -> dict:
     return parallel.global_batch(mesh, batch)
 
 
-def compiled_and_timed(fn, args: tuple, num_devices: int, run=None) -> dict:
+def compiled_and_timed(fn, args: tuple, run=None) -> dict:
     """Compile ``fn`` for ``args``, run --warmup steps, then time --reps x --steps; ``run(compiled)`` makes the
     call to time (default: ``compiled(*args)``)."""
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    lowered = fn.lower(*args)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     call = run(compiled) if run else (lambda: compiled(*args))
     timed(call, 1, FLAGS.warmup)
-    return {"compile_s": compile_s, "flops_per_step": flops_of(compiled) * num_devices,
+    return {"compile_s": compile_s, "flops_per_step": flops_of(lowered),
             "step_s": timed(call, FLAGS.reps, FLAGS.steps)}
 
 
@@ -151,7 +155,7 @@ def bench_train(config, mesh, batch) -> dict:
             return metrics["loss"]
         return call
 
-    return compiled_and_timed(step, (state, batch), mesh.size, run)
+    return compiled_and_timed(step, (state, batch), run)
 
 
 def bench_infer(config, mesh, batch) -> dict:
@@ -164,8 +168,8 @@ def bench_infer(config, mesh, batch) -> dict:
         return model.apply(variables, model_input(images["image"], images["mask"]))
 
     apply = jax.jit(logits, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                    out_shardings=parallel.batch_sharded(mesh))
-    return compiled_and_timed(apply, (variables, images), mesh.size)
+                    out_shardings=parallel.batch_sharded(mesh), compiler_options=xla_flags.forward_options())
+    return compiled_and_timed(apply, (variables, images))
 
 
 def part_of(config):
@@ -206,8 +210,9 @@ def bench_part(config, mesh, train: bool) -> dict:
         return loss, grads, updates
 
     step = train_step if train else (lambda variables, x: apply(variables, x, False)[0])
-    fn = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
-    return compiled_and_timed(fn, (variables, x), mesh.size)
+    fn = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 compiler_options={} if train else xla_flags.forward_options())
+    return compiled_and_timed(fn, (variables, x))
 
 
 def summarize(result: dict, batch_size: int, num_devices: int, peak: float | None) -> dict:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from gcn_jax import xla_flags
 from gcn_jax.errors import InputError
 from gcn_jax.images import size_pair
 
@@ -76,7 +77,7 @@ class Segmenter:
         from gcn_jax.evaluation.export import load_exported
 
         exported, meta = load_exported(folder)
-        call = jax.jit(exported.call)
+        call = jax.jit(exported.call, compiler_options=xla_flags.forward_options())
 
         def segment(images: np.ndarray, probabilities: bool = False):
             if images.dtype != np.uint8:

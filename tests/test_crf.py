@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default, synthetic
-from gcn_jax import Segmenter, parallel
+from gcn_jax import Segmenter, parallel, xla_flags
 from gcn_jax.data.datasets import load_source
 from gcn_jax.errors import InputError
 from gcn_jax.evaluation import crf, evaluate, export, metrics, prediction
@@ -154,7 +154,8 @@ def _old_eval_step(model, mesh, num_classes, eval_config):
         return counts, {"index": batch["index"], **per_image}
 
     replicated = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated,
+                   compiler_options=xla_flags.forward_options())
 
 
 def test_evaluation_with_the_crf_off_is_bit_identical_to_the_plain_step(run_40):

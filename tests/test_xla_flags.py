@@ -4,6 +4,7 @@ import functools
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 
@@ -87,3 +88,61 @@ def test_the_network_computes_the_same_with_and_without_the_defaults(tmp_path):
     assert len(with_flags) == len(without) > 100
     for a, b in zip(with_flags, without, strict=True):  # the logits, every gradient, every updated parameter
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max() + 1e-12)
+
+
+ONEDNN = "xla_cpu_experimental_onednn_custom_call"
+
+
+def test_forward_programs_get_onednn_on_cpu_unless_the_user_or_the_opt_out_says_otherwise():
+    assert xla_flags.forward_options("cpu", {}, "0.12.0.1") == {ONEDNN: True}
+    assert xla_flags.forward_options("gpu", {}, "0.12.0.1") == {}
+    assert xla_flags.forward_options("tpu", {}, "0.13.0") == {}
+    assert xla_flags.forward_options("cpu", {}, "0.11.9") == {}
+    assert xla_flags.forward_options("cpu", {"XLA_FLAGS": f"--{ONEDNN}=false"}, "0.12.0") == {}
+    assert xla_flags.forward_options("cpu", {xla_flags.OPT_OUT: "0"}, "0.12.0") == {}
+
+
+def test_evaluation_runs_onednn_convolutions_that_compute_what_xla_computes_without():
+    import jax
+    import ml_collections
+
+    from gcn_jax import parallel
+    from gcn_jax.evaluation import evaluate
+    from gcn_jax.models.segmentation import GCNSegmentation
+
+    assert xla_flags.forward_options() == {ONEDNN: True}  # what this test checks is on in this CPU test process
+    images = np.random.default_rng(0).standard_normal((4, 45, 61, 3)).astype(np.float32)
+    model = GCNSegmentation(num_classes=5, backbone="resnet18", kernel_size=7)
+    variables = jax.jit(model.init)(jax.random.key(0), images[:1])
+    variables = jax.tree.map(lambda v: v + 0.05 * np.random.default_rng(1).standard_normal(v.shape), variables)
+
+    def apply(options):
+        return jax.jit(lambda v, x: model.apply(v, x), compiler_options=options).lower(variables, images).compile()
+
+    plain, forward = apply({}), apply(xla_flags.forward_options())
+    assert "__onednn$convolution" not in plain.as_text()
+    assert forward.as_text().count("__onednn$convolution") >= 20  # the backbone's and the decoder's
+    a, b = np.asarray(forward(variables, images)), np.asarray(plain(variables, images))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+    # the evaluation step itself is compiled with them
+    mesh = parallel.make_mesh()
+    eval_config = ml_collections.ConfigDict({"scales": [1.0], "flip": False, "window_size": (), "window_stride": ()})
+    step = evaluate.make_predict_step(model, mesh, eval_config)
+    batch = parallel.global_batch(mesh, {"image": (images * 40 + 128).clip(0, 255).astype(np.uint8),
+                                         "mask": np.ones(images.shape[:3], bool), "index": np.arange(4)})
+    lowered = step.lower(parallel.replicate(mesh, variables), batch)
+    # XLA cannot write these programs to the persistent compilation cache (this test session has one); JAX's
+    # warning about it is silenced, and only that one
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            xla_flags.forward_options()  # what make_predict_step called, now after "always"
+            assert "__onednn$convolution" in lowered.compile().as_text()
+            warnings.warn("Error writing persistent compilation cache entry for 'x': OSError: disk full")
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    assert [str(w.message) for w in caught] == [
+        "Error writing persistent compilation cache entry for 'x': OSError: disk full"]

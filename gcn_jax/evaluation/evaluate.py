@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gcn_jax import parallel
+from gcn_jax import parallel, xla_flags
 from gcn_jax.data import pipeline
 from gcn_jax.data.datasets import dataset_spec, eval_dataset, load_source
 from gcn_jax.errors import InputError
@@ -102,7 +102,8 @@ def make_eval_step(model, mesh, num_classes: int, eval_config):
         return _counts(batch, predictions, num_classes, eval_config.boundary_width)
 
     replicated = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated,
+                   compiler_options=xla_flags.forward_options())
 
 
 def make_count_step(mesh, num_classes: int, eval_config):
@@ -127,7 +128,8 @@ def make_probability_step(model, mesh, eval_config, replicated: bool = False):
         return {"index": batch["index"], "probabilities": probabilities}
 
     out = parallel.replicated(mesh) if replicated else parallel.batch_sharded(mesh)
-    return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)), out_shardings=out)
+    return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)), out_shardings=out,
+                   compiler_options=xla_flags.forward_options())
 
 
 def make_predict_step(model, mesh, eval_config):
@@ -139,7 +141,8 @@ def make_predict_step(model, mesh, eval_config):
         return {"index": batch["index"], "prediction": _predict(model, variables, _images(batch), options)}
 
     replicated = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated,
+                   compiler_options=xla_flags.forward_options())
 
 
 def _sorted_by_index(per_image: list[dict]) -> dict[str, np.ndarray]:

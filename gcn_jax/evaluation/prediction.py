@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
+from gcn_jax import xla_flags
 from gcn_jax.errors import InputError, NotFoundError
 from gcn_jax.evaluation import crf, evaluate, inference
 from gcn_jax.images import PIL_DECODE_ERRORS, normalize
@@ -109,7 +110,7 @@ def make_segment_fn(model, variables, eval_config):
     probabilities returned."""
     options = evaluate.inference_options(eval_config)
 
-    @functools.partial(jax.jit, static_argnames="probabilities")
+    @functools.partial(jax.jit, static_argnames="probabilities", compiler_options=xla_flags.forward_options())
     def segment(variables, images, probabilities):
         scores = inference.multi_scale(lambda x: model.apply(variables, x), images, **options)
         classes = jnp.argmax(scores, axis=-1).astype(jnp.uint8)
