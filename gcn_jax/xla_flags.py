@@ -90,8 +90,15 @@ def forward_options(platform: str | None = None, environ=os.environ, jaxlib_vers
     options = {option: value for option, (value, oldest) in FORWARD_OPTIONS.get(platform, {}).items()
                if f"--{option}=" not in xla and _version(jaxlib_version) >= oldest}
     if options.get(ONEDNN):
-        # XLA cannot serialise a CPU executable that calls oneDNN (jaxlib 0.12: std::bad_alloc), so JAX's
-        # persistent compilation cache, where one is set, cannot keep these programs: they are compiled anew in
-        # each process, and JAX's warning that the cache write failed says nothing the user can act on.
-        warnings.filterwarnings("ignore", message=CACHE_WRITE_FAILURE, category=UserWarning)
+        _silence_cache_write_failure()
     return options
+
+
+def _silence_cache_write_failure() -> None:
+    """XLA cannot serialise a CPU executable that calls oneDNN (jaxlib 0.12: std::bad_alloc), so JAX's
+    persistent compilation cache, where one is set, cannot keep these programs: they are compiled anew in each
+    process, and JAX's warning that the cache write failed says nothing the user can act on. The filter is
+    added only where it is missing: adding one resets which warnings were already shown."""
+    if not any(action == "ignore" and message is not None and message.pattern == CACHE_WRITE_FAILURE
+               for action, message, *_ in warnings.filters):
+        warnings.filterwarnings("ignore", message=CACHE_WRITE_FAILURE, category=UserWarning)

@@ -282,20 +282,20 @@ def phase_deconv(x, kernel):
     k = kernel.shape[0]
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")  # row h (column w): the edge copy
 
-    def taps_window_padding(p, size):
-        # input rows i + first .. i + last for i < h: the padding (lo, hi) of the edge-copied input's `size` rows
-        # that gives them; where one is negative (the edge row unused, for k = 3), those rows are cut off by a
-        # slice instead, as XLA's CPU backend hands only convolutions without negative padding to oneDNN
+    def taps_window_padding(p):
+        # input rows i + first .. i + last for i < h: the padding (lo, hi) of the edge-copied input that gives
+        # them; where one is negative (the edge row unused, for k <= 4), those rows are cut off by a slice
+        # instead, as XLA's CPU backend hands only convolutions without negative padding to oneDNN
         t0, first = deconv_phase(k, p)
         lo, hi = -first, first + len(range(t0, k, 2)) - 2
-        return slice(t0, None, 2), slice(max(0, -lo), size - max(0, -hi)), (max(0, lo), max(0, hi))
+        return slice(t0, None, 2), slice(max(0, -lo), hi if hi < 0 else None), (max(0, lo), max(0, hi))
 
     rows = []
     for p in (0, 1):
-        taps_p, rows_p, pad_p = taps_window_padding(p, x.shape[1])
+        taps_p, rows_p, pad_p = taps_window_padding(p)
         phases = []
         for q in (0, 1):
-            taps_q, cols_q, pad_q = taps_window_padding(q, x.shape[2])
+            taps_q, cols_q, pad_q = taps_window_padding(q)
             phases.append(conv_general_dilated(x[:, rows_p, cols_q], kernel[taps_p, taps_q], window_strides=(1, 1),
                                                padding=(pad_p, pad_q), dimension_numbers=("NHWC", "HWIO", "NHWC")))
         rows.append(jnp.stack(phases, axis=3))  # (n, h, w, 2: q, O)
