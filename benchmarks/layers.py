@@ -10,7 +10,8 @@ shapes of ResNet-50 GCN on 256 x 256 images, batch 2:
   and of the BR blocks at full and half resolution, with `gcn_jax.models.conv`'s gradients (`blocks.Conv`)
   against `nn.Conv`;
 - ``stem``: the stem's 7 x 7 / 2 convolution on the image, with the kernel gradient only (the network takes no
-  input gradient there), `resnet.Conv` against `nn.Conv`;
+  input gradient there), `gcn_jax.models.conv`'s gradients (`blocks.Conv`, as `resnet.Conv` computes it) against
+  `nn.Conv`;
 - ``pointwise``: the 1 x 1 convolutions of the bottlenecks as matrix products when training
   (`resnet.Conv(pointwise_matmul=True)`, `conv.pointwise_conv`) against the einsum with autodiff's gradient.
 

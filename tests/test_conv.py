@@ -122,13 +122,14 @@ def test_pointwise_conv_is_the_1x1_convolution(c, o):
 def test_a_strided_kernel_gradient_of_few_channels_is_a_stride_1_one_on_pixel_blocks():
     # What makes the stem's faster: its kernel gradient is a stride-1 convolution of the 2 x 2 pixel blocks
     # (3 -> 12 channels, 4 x 4 block taps for the 7 x 7 kernel); with many channels it stays autodiff's.
-    for c, stride, kernel_grad_input in [(3, (1, 1), (2, 10, 10, 12)), (16, (2, 2), (2, 14, 14, 16))]:
+    # (input channels, the kernel-gradient convolution's rhs_dilation, its input: blocks or the image)
+    for c, dilation, kernel_grad_input in [(3, (1, 1), (2, 10, 10, 12)), (16, (2, 2), (2, 14, 14, 16))]:
         x, w = _case((7, 7), c=c, size=(14, 14))
         grad = jax.grad(lambda w, x=x: jnp.sum(conv_general_dilated(x, w, (2, 2), ((3, 3), (3, 3)),
                                                                     dimension_numbers=DN)))
         convs = [e for e in jax.make_jaxpr(grad)(w).eqns if e.primitive.name == "conv_general_dilated"]
         [kernel_grad] = [e for e in convs if e.invars[1].aval.shape == (2, 7, 7, 4)]  # x (or blocks) by dy
-        assert kernel_grad.params["window_strides"] == (1, 1) and kernel_grad.params["rhs_dilation"] == stride
+        assert kernel_grad.params["window_strides"] == (1, 1) and kernel_grad.params["rhs_dilation"] == dilation
         assert kernel_grad.invars[0].aval.shape == kernel_grad_input
     x, w = _case((3, 3), c=16)  # many channels: autodiff's, the same values
     _same_values_and_gradients(

@@ -168,6 +168,10 @@ def test_evaluation_steps_get_onednn_and_the_train_step_does_not(data_dir):
             for name, step in steps.items():
                 inputs = batch if name == "eval" else {k: batch[k] for k in ("image", "mask", "index")}
                 assert _onednn_lines(step.lower(variables, inputs).compile(), "/backbone/") >= 10, name
+            # the message itself, whether or not a compile above got as far as a cache write (a program XLA
+            # compiled earlier in this process is not written again), and another cache-write failure
+            warnings.warn("Error writing persistent compilation cache entry for 'jit_step': MemoryError: "
+                          "std::bad_alloc", stacklevel=1)
             warnings.warn("Error writing persistent compilation cache entry for 'x': OSError: disk full", stacklevel=1)
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs",
