@@ -67,6 +67,10 @@ def _taps_matrix(kernel):
 
 def _line_conv_value(x, kernel, axis):
     k, c, o = kernel.shape
+    # The kernel's (C, k*O) layout is a copy made on every call. Tied to x, XLA makes it once x exists, not at the
+    # start of the program next to the backbone's first convolutions, which slowed those down (README,
+    # "Performance"). The values are the same.
+    x, kernel = jax.lax.optimization_barrier((x, kernel))
     z = jnp.dot(x.reshape(-1, c), _taps_matrix(kernel)).reshape(*x.shape[:-1], k, o)
     # y[l] = sum_t x[l + t - k//2] kernel[t] = sum_t z[l + t - k//2, t]
     return sum(_shift(z[..., t, :], axis, t - k // 2) for t in range(k))
