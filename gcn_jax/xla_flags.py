@@ -51,11 +51,20 @@ def _version(text: str) -> tuple[int, int]:
     return major, minor
 
 
+def _unset_and_known(table: dict, xla_flags: str, jaxlib_version: str) -> dict:
+    """{flag: value} of ``table``'s entries that ``xla_flags`` does not set and this jaxlib knows."""
+    return {flag: value for flag, (value, oldest) in table.items()
+            if f"--{flag}=" not in xla_flags and _version(jaxlib_version) >= oldest}
+
+
 def with_defaults(xla_flags: str, jaxlib_version: str) -> str:
     """``xla_flags`` (an ``XLA_FLAGS`` value) with each default the user has not set and this jaxlib knows."""
-    added = [f"--{flag}={value}" for flag, (value, oldest) in DEFAULT_FLAGS.items()
-             if f"--{flag}=" not in xla_flags and _version(jaxlib_version) >= oldest]
+    added = [f"--{flag}={value}" for flag, value in _unset_and_known(DEFAULT_FLAGS, xla_flags, jaxlib_version).items()]
     return " ".join([xla_flags.strip(), *added]).strip()
+
+
+def _opted_out(environ) -> bool:
+    return environ.get(OPT_OUT, "1") == "0"
 
 
 def _jaxlib_version() -> str | None:
@@ -68,7 +77,7 @@ def _jaxlib_version() -> str | None:
 def set_defaults(environ=os.environ) -> None:
     """Add `DEFAULT_FLAGS` to ``environ['XLA_FLAGS']`` (no effect once JAX's backend has started)."""
     jaxlib_version = _jaxlib_version()
-    if environ.get(OPT_OUT, "1") == "0" or jaxlib_version is None:
+    if _opted_out(environ) or jaxlib_version is None:
         return
     flags = with_defaults(environ.get("XLA_FLAGS", ""), jaxlib_version)
     if flags:
@@ -80,15 +89,13 @@ def forward_options(platform: str | None = None, environ=os.environ, jaxlib_vers
     default backend, 'cpu', 'gpu' or 'tpu'): each of `FORWARD_OPTIONS` that ``XLA_FLAGS`` does not set and the
     jaxlib (default: the installed one) knows; none with ``GCN_JAX_XLA_DEFAULTS=0``."""
     jaxlib_version = jaxlib_version or _jaxlib_version()
-    if environ.get(OPT_OUT, "1") == "0" or jaxlib_version is None:
+    if _opted_out(environ) or jaxlib_version is None:
         return {}
     if platform is None:
         import jax  # here, not at the top: this module is read before JAX starts (`set_defaults`)
 
         platform = jax.default_backend()
-    xla = environ.get("XLA_FLAGS", "")
-    options = {option: value for option, (value, oldest) in FORWARD_OPTIONS.get(platform, {}).items()
-               if f"--{option}=" not in xla and _version(jaxlib_version) >= oldest}
+    options = _unset_and_known(FORWARD_OPTIONS.get(platform, {}), environ.get("XLA_FLAGS", ""), jaxlib_version)
     if options.get(ONEDNN):
         _silence_cache_write_failure()
     return options

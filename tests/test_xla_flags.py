@@ -91,7 +91,7 @@ def test_the_network_computes_the_same_with_and_without_the_defaults(tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max() + 1e-12)
 
 
-ONEDNN = "xla_cpu_experimental_onednn_custom_call"
+ONEDNN = xla_flags.ONEDNN
 
 
 def test_forward_programs_get_onednn_on_cpu_unless_the_user_or_the_opt_out_says_otherwise():
