@@ -201,7 +201,7 @@ def test_stem_max_pool_is_flax_max_pool_with_the_same_gradient_routing(size):
 
 def test_stem_max_pool_gradient_is_not_fused_into_the_relu_backward():
     # The stem's pool gradient is one array (an optimization barrier): fused into the ReLU's (and BatchNorm's)
-    # backward, XLA's CPU backend ran the whole stem's forward + backward 1.7x slower (README, "Performance").
+    # backward, XLA's CPU backend ran the whole stem's forward + backward twice as long (README, "Performance").
     # In the compiled gradient of relu -> pool, the fusion that compares the windows with their maximum
     # (9 equalities per output) must not also compute the ReLU's mask (x > 0).
     if jax.default_backend() != "cpu":
