@@ -109,7 +109,8 @@ def _max_pool_bwd(residuals, g):
     padded = jnp.stack(rows, axis=2).reshape(n, 2 * ho + 2, 2 * wo + 2, c)
     # The barrier makes the gradient one array. Without it XLA's CPU backend fused all of the above into the
     # ReLU's backward (one loop of 17 ms in a profile, against 4.6 ms for the two apart), and the stem's forward +
-    # backward took 23 ms instead of 11 (ResNet-50's stem, 2 x 256^2, 2 CPU cores; README, "Performance").
+    # backward took 23 ms instead of 11 (ResNet-50's stem, 2 x 256^2, 2 CPU cores; README, "Performance"). Only
+    # measured on CPU; elsewhere it costs at most one more pass over the stem's feature map.
     return (jax.lax.optimization_barrier(padded[:, 1:1 + h, 1:1 + w]),)
 
 
