@@ -1,6 +1,7 @@
 """gcn_jax against its PyTorch peer in one run: benchmarks/train_step.py and benchmarks/torch_peer.py with the
 same settings, run alternately as subprocesses for --rounds rounds; a table per mode of each side's images/s
-(median over rounds, and the range) and the ratio JAX / torch.
+(median over rounds, and the range), the ratio of the two medians and the paired ratio (the median over rounds
+of each round's JAX / torch, which a drift of the machine from round to round moves less).
 
     python benchmarks/compare_torch.py                     # resnet50, GCN k=15, BR on, 21 classes, 256², batch 2
     python benchmarks/compare_torch.py --part backbone --mode train --rounds 5
@@ -65,7 +66,8 @@ def run_side(name: str, command: list[str], json_path: str, env: dict[str, str])
 
 
 def summary(rounds: list[dict]) -> dict:
-    """Per mode: each side's images/s median and range over rounds, and the ratio of the medians."""
+    """Per mode: each side's images/s median and range over rounds, the ratio of the medians, and each round's
+    ratio with their median (the paired ratio)."""
     out = {}
     for mode in ("train", "infer"):
         if mode not in rounds[0]["jax"]:
@@ -76,6 +78,8 @@ def summary(rounds: list[dict]) -> dict:
             row[side] = {"images_per_s": statistics.median(values), "min": min(values), "max": max(values),
                          "rounds": values}
         row["ratio_jax_over_torch"] = row["jax"]["images_per_s"] / row["torch"]["images_per_s"]
+        row["round_ratios"] = [j / t for j, t in zip(row["jax"]["rounds"], row["torch"]["rounds"])]
+        row["paired_ratio"] = statistics.median(row["round_ratios"])
         out[mode] = row
     return out
 
@@ -140,10 +144,11 @@ def main(argv=None):
     print(f"\n{args.part}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, BR "
           f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, float32; images/s, median (min-max) "
           f"over {args.rounds} round(s); GLIBC_TUNABLES={tunables or '(none)'} for both")
-    print(f"{'':<6} {'JAX':>22} {'torch':>22} {'JAX/torch':>10}")
+    print(f"{'':<6} {'JAX':>22} {'torch':>22} {'JAX/torch':>10} {'paired':>7}")
     for mode, row in table.items():
         cells = [f"{row[s]['images_per_s']:.2f} ({row[s]['min']:.2f}-{row[s]['max']:.2f})" for s in ("jax", "torch")]
-        print(f"{mode:<6} {cells[0]:>22} {cells[1]:>22} {row['ratio_jax_over_torch']:>10.2f}")
+        print(f"{mode:<6} {cells[0]:>22} {cells[1]:>22} {row['ratio_jax_over_torch']:>10.2f} "
+              f"{row['paired_ratio']:>7.2f}")
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         with open(args.json, "w") as f:
