@@ -1,6 +1,7 @@
 """`gcn_jax.models.conv`: lax's convolution with faster forms of autodiff's gradients (stride-1 kernel gradients
 on an input padded beforehand, strided input gradients by phases, strided kernel gradients of few channels on
-pixel blocks, 1 x 1 kernel gradients as one product). Same values and gradients as lax's autodiff, for every
+pixel blocks, input gradients of large kernels as one product and a shifted sum, 1 x 1 kernel gradients as one
+product). Same values and gradients as lax's autodiff, for every
 kind of convolution the model uses."""
 
 import flax.linen as nn
@@ -11,7 +12,7 @@ import pytest
 from jax import lax
 
 from gcn_jax.models import blocks
-from gcn_jax.models.conv import conv_general_dilated, pointwise_conv
+from gcn_jax.models.conv import LARGE_KERNEL, conv_general_dilated, pointwise_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = {  # kernel (kh, kw), strides, padding, rhs_dilation
@@ -135,3 +136,49 @@ def test_a_strided_kernel_gradient_of_few_channels_is_a_stride_1_one_on_pixel_bl
     _same_values_and_gradients(
         lambda x, w: conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN),
         lambda x, w: lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN), x, w)
+
+
+# (kernel, padding, input size): stride-1 convolutions whose kernel (16 -> 8 channels) holds at least LARGE_KERNEL
+# times as many numbers as their 2-image input of 16 channels, as res-4 and res-5's 3 x 3 at 256^2 do.
+LARGE_KERNEL_CASES = {
+    "3x3 on a 3x4 map": ((3, 3), ((1, 1), (1, 1)), (3, 4)),
+    "3x3 padded unevenly": ((3, 3), ((0, 2), (2, 0)), (3, 4)),
+    "15x1 (a GCN head's second conv on res-5's map)": ((15, 1), ((7, 7), (0, 0)), (4, 3)),
+    "2x3 padded after only": ((2, 3), ((0, 1), (0, 2)), (2, 2)),
+}
+
+
+def _input_gradient_is_a_convolution(x, w, padding) -> bool:
+    """Whether the input gradient's jaxpr computes an input-shaped array with a convolution (autodiff's form);
+    the other form has one dot_general instead."""
+    grad = jax.grad(lambda x: jnp.sum(conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)))
+    eqns = jax.make_jaxpr(grad)(x).eqns
+    convs = [e for e in eqns if e.primitive.name == "conv_general_dilated" and e.outvars[0].aval.shape == x.shape]
+    dots = [e for e in eqns if e.primitive.name == "dot_general"]
+    assert bool(convs) != bool(dots), (convs, dots)
+    return bool(convs)
+
+
+@pytest.mark.parametrize("name", LARGE_KERNEL_CASES)
+def test_the_input_gradient_of_a_large_kernel_is_one_product_with_autodiff_s_values(name):
+    kernel, padding, size = LARGE_KERNEL_CASES[name]
+    x, w = _case(kernel, c=16, o=8, size=size)
+    assert np.prod(kernel) * 16 * 8 >= LARGE_KERNEL * x.size
+    assert not _input_gradient_is_a_convolution(x, w, padding)
+
+    def ours(x, w):
+        return conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)
+
+    _same_values_and_gradients(ours, ref, x, w)
+
+
+def test_a_smaller_kernel_or_a_cropping_padding_keeps_autodiff_s_input_gradient():
+    # A 3 x 3 kernel of 16 -> 8 channels on a 6 x 6 map: the kernel holds 1152 numbers, the input 1152 (under
+    # LARGE_KERNEL times); and a large kernel whose padding crops (a deconvolution phase's): a convolution.
+    x, w = _case((3, 3), c=16, o=8, size=(6, 6))
+    assert _input_gradient_is_a_convolution(x, w, ((1, 1), (1, 1)))
+    x, w = _case((2, 2), c=16, o=8, size=(2, 2))
+    assert _input_gradient_is_a_convolution(x, w, ((-1, 1), (0, 1)))

@@ -15,6 +15,15 @@
   Eigen runs the stem's 1.7x faster so, despite 30% more multiply-adds; with 128 channels or more (the 3 x 3 / 2
   convolutions of res-3..res-5) it was 1.2-1.3x slower, so those keep autodiff's.
 
+- Input gradient of a stride-1 convolution whose kernel holds at least twice as many numbers as its input
+  (res-4 and res-5's 3 x 3 convolutions at the sizes this project trains): one matrix product of the output
+  gradient's pixels with all taps side by side, (pixels, O) x (O, kh*kw*C), then a shifted sum of the kh*kw
+  partial results (as `blocks.LineConv` does forward). Autodiff's is a convolution with the kernel flipped and
+  its channel axes swapped, a copy that XLA's CPU backend makes at a tenth of its copying speed (2.3 ms for a
+  3 x 3 x 512 x 512 kernel), and Eigen's convolution of a small map is slow. At 8^2 x 512 the input and kernel
+  gradients took 4.5 ms instead of 7.0; with the kernel about as large as the input the product was 2-4%
+  slower, with a smaller kernel up to 25% slower, so those keep autodiff's.
+
 - Kernel gradient of a 1 x 1 convolution computed as a matrix product (`pointwise_conv`): autodiff of the
   einsum contracts the three pixel axes at once, which XLA's CPU backend ran up to 2x slower than one product
   of the pixels as rows, (dy^T x)^T.
@@ -36,6 +45,9 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # Strided convolutions of inputs with fewer channels than this (the stem's image) get their kernel gradient on
 # blocks of stride x stride pixels (`_strided_kernel_gradient`).
 FEW_CHANNELS = 8
+# Stride-1 convolutions whose kernel holds at least this many times as many numbers as their input get their
+# input gradient as one product and a shifted sum (`_product_input_gradient`).
+LARGE_KERNEL = 2
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -76,6 +88,8 @@ def _conv(strides, padding, rhs_dilation, precision):
         x, w = residuals
         if strided and rhs_dilation == (1, 1):
             dx = _strided_input_gradient(dy, w, x.shape, strides, padding, precision)
+        elif _product_pays(x.shape, w.shape, strides, padding, rhs_dilation):
+            dx = _product_input_gradient(dy, w, x.shape, padding, precision)
         else:
             dx = jax.linear_transpose(lambda x: conv(x, w, padding), x)(dy)[0]
         if strided and rhs_dilation == (1, 1) and x.shape[-1] < FEW_CHANNELS:
@@ -91,6 +105,28 @@ def _conv(strides, padding, rhs_dilation, precision):
 
     padded_conv.defvjp(forward, backward)
     return padded_conv
+
+
+def _product_pays(x_shape, w_shape, strides, padding, rhs_dilation) -> bool:
+    """Whether a convolution gets its input gradient as one product and a shifted sum (module docstring)."""
+    plain = strides == (1, 1) and rhs_dilation == (1, 1) and min(min(p) for p in padding) >= 0
+    taps = w_shape[0] * w_shape[1]
+    return plain and taps > 1 and taps * w_shape[2] * w_shape[3] >= LARGE_KERNEL * x_shape[0] * x_shape[1] * \
+        x_shape[2] * x_shape[3]
+
+
+def _product_input_gradient(dy, w, x_shape, padding, precision):
+    """The input gradient of a stride-1 convolution (no dilation, no cropping padding) as one product of the
+    output gradient's pixels with all taps, then a shifted sum (module docstring)."""
+    kh, kw, c, o = w.shape
+    n, ho, wo, _ = dy.shape
+    # dx_padded[a + i, b + j] = sum over taps (i, j) of z[a, b, i, j], z = dy . w[i, j]^T
+    z = lax.dot_general(dy.reshape(-1, o), w.reshape(-1, o), (((1,), (1,)), ((), ())), precision=precision)
+    z = z.reshape(n, ho, wo, kh, kw, c)
+    padded = sum(jnp.pad(z[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+                 for i in range(kh) for j in range(kw))
+    (top, _), (left, _) = padding
+    return padded[:, top:top + x_shape[1], left:left + x_shape[2]]
 
 
 def _phase(size_out: int, stride: int, k: int, lo: int, r: int, phase_size: int):
