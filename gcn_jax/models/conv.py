@@ -16,12 +16,12 @@
   convolutions of res-3..res-5) it was 1.2-1.3x slower, so those keep autodiff's.
 
 - Input gradient of a stride-1 convolution whose kernel holds at least twice as many numbers as its input
-  (res-4 and res-5's 3 x 3 convolutions at the sizes this project trains): one matrix product of the output
-  gradient's pixels with all taps side by side, (pixels, O) x (O, kh*kw*C), then a shifted sum of the kh*kw
+  (res-4 and res-5's 3 x 3 convolutions at 256^2 with 2 images, res-5's at 512^2 with 8): one matrix product of
+  the output gradient's pixels with all taps side by side, (pixels, O) x (O, kh*kw*C), then a shifted sum of the kh*kw
   partial results (as `blocks.LineConv` does forward). Autodiff's is a convolution with the kernel flipped and
-  its channel axes swapped, a copy that XLA's CPU backend makes at a tenth of its copying speed (2.3 ms for a
-  3 x 3 x 512 x 512 kernel), and Eigen's convolution of a small map is slow. At 8^2 x 512 the input and kernel
-  gradients took 4.5 ms instead of 7.0; with the kernel about as large as the input the product was 2-4%
+  its channel axes swapped, a copy that XLA's CPU backend makes 5-10 times slower than a plain copy (2.3 ms
+  for a 3 x 3 x 512 x 512 kernel), and Eigen's convolution of a small map is slow. At 8^2 x 512 the input and
+  kernel gradients took 4.5 ms instead of 7.0; with the kernel about as large as the input the product was 1-4%
   slower, with a smaller kernel up to 25% slower, so those keep autodiff's.
 
 - Kernel gradient of a 1 x 1 convolution computed as a matrix product (`pointwise_conv`): autodiff of the
@@ -110,9 +110,11 @@ def _conv(strides, padding, rhs_dilation, precision):
 def _product_pays(x_shape, w_shape, strides, padding, rhs_dilation) -> bool:
     """Whether a convolution gets its input gradient as one product and a shifted sum (module docstring)."""
     plain = strides == (1, 1) and rhs_dilation == (1, 1) and min(min(p) for p in padding) >= 0
+    if not (plain and all(isinstance(d, int) for d in (*x_shape, *w_shape))):  # symbolic shapes: autodiff's
+        return False
     taps = w_shape[0] * w_shape[1]
-    return plain and taps > 1 and taps * w_shape[2] * w_shape[3] >= LARGE_KERNEL * x_shape[0] * x_shape[1] * \
-        x_shape[2] * x_shape[3]
+    return taps > 1 and taps * w_shape[2] * w_shape[3] >= LARGE_KERNEL * x_shape[0] * x_shape[1] * x_shape[2] * \
+        x_shape[3]
 
 
 def _product_input_gradient(dy, w, x_shape, padding, precision):
@@ -120,13 +122,15 @@ def _product_input_gradient(dy, w, x_shape, padding, precision):
     output gradient's pixels with all taps, then a shifted sum (module docstring)."""
     kh, kw, c, o = w.shape
     n, ho, wo, _ = dy.shape
-    # dx_padded[a + i, b + j] = sum over taps (i, j) of z[a, b, i, j], z = dy . w[i, j]^T
-    z = lax.dot_general(dy.reshape(-1, o), w.reshape(-1, o), (((1,), (1,)), ((), ())), precision=precision)
+    # dx_padded[a + i, b + j] = sum over taps (i, j) of z[a, b, i, j], z = dy . w[i, j]^T; in float32 whatever the
+    # inputs' type (bfloat16 would round each tap's term), rounded once at the end as lax's convolution does.
+    z = lax.dot_general(dy.reshape(-1, o), w.reshape(-1, o), (((1,), (1,)), ((), ())), precision=precision,
+                        preferred_element_type=jnp.float32)
     z = z.reshape(n, ho, wo, kh, kw, c)
     padded = sum(jnp.pad(z[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
                  for i in range(kh) for j in range(kw))
     (top, _), (left, _) = padding
-    return padded[:, top:top + x_shape[1], left:left + x_shape[2]]
+    return padded[:, top:top + x_shape[1], left:left + x_shape[2]].astype(dy.dtype)
 
 
 def _phase(size_out: int, stride: int, k: int, lo: int, r: int, phase_size: int):
