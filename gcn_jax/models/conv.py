@@ -36,6 +36,7 @@ conv_general_dilated=conv_general_dilated)` takes it as it takes lax's.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -112,9 +113,7 @@ def _product_pays(x_shape, w_shape, strides, padding, rhs_dilation) -> bool:
     plain = strides == (1, 1) and rhs_dilation == (1, 1) and min(min(p) for p in padding) >= 0
     if not (plain and all(isinstance(d, int) for d in (*x_shape, *w_shape))):  # symbolic shapes: autodiff's
         return False
-    taps = w_shape[0] * w_shape[1]
-    return taps > 1 and taps * w_shape[2] * w_shape[3] >= LARGE_KERNEL * x_shape[0] * x_shape[1] * x_shape[2] * \
-        x_shape[3]
+    return w_shape[0] * w_shape[1] > 1 and math.prod(w_shape) >= LARGE_KERNEL * math.prod(x_shape)
 
 
 def _product_input_gradient(dy, w, x_shape, padding, precision):
@@ -127,10 +126,14 @@ def _product_input_gradient(dy, w, x_shape, padding, precision):
     z = lax.dot_general(dy.reshape(-1, o), w.reshape(-1, o), (((1,), (1,)), ((), ())), precision=precision,
                         preferred_element_type=jnp.float32)
     z = z.reshape(n, ho, wo, kh, kw, c)
-    padded = sum(jnp.pad(z[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
-                 for i in range(kh) for j in range(kw))
-    (top, _), (left, _) = padding
-    return padded[:, top:top + x_shape[1], left:left + x_shape[2]].astype(dy.dtype)
+    # Each tap's term padded straight into the input's frame (a negative padding crops), as `blocks._shift` does:
+    # no padded frame to crop afterwards.
+    (top, bottom), (left, right) = padding
+    zero = jnp.zeros((), z.dtype)
+    dx = sum(lax.pad(z[:, :, :, i, j], zero, ((0, 0, 0), (i - top, kh - 1 - i - bottom, 0),
+                                              (j - left, kw - 1 - j - right, 0), (0, 0, 0)))
+             for i in range(kh) for j in range(kw))
+    return dx.astype(dy.dtype)
 
 
 def _phase(size_out: int, stride: int, k: int, lo: int, r: int, phase_size: int):
