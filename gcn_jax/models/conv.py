@@ -1,4 +1,5 @@
-"""`lax.conv_general_dilated` with gradients that XLA's CPU backend computes faster.
+"""`lax.conv_general_dilated` with gradients, and on maps smaller than the kernel a forward pass, that XLA's CPU
+backend computes faster.
 
 - Kernel gradient of a stride-1 convolution: autodiff gives a kernel-gradient convolution that carries the
   padding itself, over a window as large as the feature map. On XLA's CPU backend (Eigen) it is 10-40% slower
@@ -24,12 +25,19 @@
   kernel gradients took 4.5 ms instead of 7.0; with the kernel about as large as the input the product was 1-4%
   slower, with a smaller kernel up to 25% slower, so those keep autodiff's.
 
+- Maps with fewer pixels than the kernel has taps (res-5's 2 x 2 map at 33-64 px inputs, Table 2's k x k head on
+  res-4 and res-5 at 128^2): XLA's CPU backend computes such a convolution, and its gradients, with a generic
+  loop instead of Eigen's or oneDNN's, 10x slower or more (a 2 x 2 x 512 map with a 3 x 3 x 512 x 512 kernel:
+  12.3 ms forward, 1.1 ms for the grown form below). Taps that only ever meet the padding are left out first
+  (15 x 15 on a 4 x 4 map: the middle 7 x 7); if the map is still smaller than the kernel, it grows to the
+  kernel's size with zeros appended at the bottom and right, and the outputs beyond the map's are cropped.
+
 - Kernel gradient of a 1 x 1 convolution computed as a matrix product (`pointwise_conv`): autodiff of the
   einsum contracts the three pixel axes at once, which XLA's CPU backend ran up to 2x slower than one product
   of the pixels as rows, (dy^T x)^T.
 
-The forward pass and the other gradients are autodiff's. The values are the same sums (the tests compare them
-with lax's autodiff). Used by the backbone's and the decoder's convolutions; `nn.Conv(...,
+Elsewhere the forward pass and the other gradients are autodiff's. The values are the same sums (the tests
+compare them with lax's autodiff). Used by the backbone's and the decoder's convolutions; `nn.Conv(...,
 conv_general_dilated=conv_general_dilated)` takes it as it takes lax's.
 """
 
@@ -55,7 +63,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
     """`lax.conv_general_dilated`'s signature and value. Channels-last 2-D convolutions with explicit padding
-    and no input dilation or grouping get the kernel gradient described above; others are lax's."""
+    and no input dilation or grouping get the forms described above (on small maps, the forward pass too);
+    others are lax's."""
     nhwc = lhs.ndim == 4 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == \
         lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     plain = (lhs_dilation is None or all(d == 1 for d in lhs_dilation)) and feature_group_count == 1 \
@@ -66,6 +75,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         preferred_element_type)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides, rhs_dilation = tuple(window_strides), tuple(rhs_dilation or (1, 1))
+    taps = _reaching_taps(lhs.shape, rhs.shape, strides, padding, rhs_dilation)
+    if taps is not None:  # the taps that only ever meet the padding's zeros are left out, and so is that padding
+        (t0, t1), (u0, u1) = taps
+        (top, bottom), (left, right) = padding
+        kh, kw = rhs.shape[:2]
+        # tied to the input, as `blocks.line_conv`'s kernel layout is: else XLA slices the kernel at the start
+        lhs, rhs = lax.optimization_barrier((lhs, rhs))
+        rhs = rhs[t0:t1 + 1, u0:u1 + 1]
+        padding = ((top - t0, bottom - (kh - 1 - t1)), (left - u0, right - (kw - 1 - u1)))
     grow = _growth(lhs.shape, rhs.shape, padding)
     if grow is None:
         return _conv(strides, padding, rhs_dilation, precision)(lhs, rhs)
@@ -79,12 +97,29 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return lax.optimization_barrier(out)[:, :size[0], :size[1]]
 
 
+def _reaching_taps(x_shape, w_shape, strides, padding, rhs_dilation):
+    """For a stride-1, undilated convolution with non-negative padding whose kernel has taps that meet only the
+    padding's zeros for every output (a 15 x 15 kernel on a 4 x 4 map: all but the middle 7 x 7), the first and
+    last tap along each axis that meets the input; else None."""
+    if strides != (1, 1) or rhs_dilation != (1, 1) or min(min(p) for p in padding) < 0:
+        return None
+    if not all(isinstance(d, int) for d in (*x_shape[1:3], *w_shape[:2])):
+        return None
+    taps = []
+    for n, k, (lo, hi) in zip(x_shape[1:3], w_shape[:2], padding):
+        # output r reads input r + t - lo with tap t; r runs over 0 .. n + lo + hi - k
+        first, last = max(0, lo - (n + lo + hi - k)), min(k - 1, n - 1 + lo)
+        if first > last:  # an empty output
+            return None
+        taps.append((first, last))
+    return None if taps == [(0, w_shape[0] - 1), (0, w_shape[1] - 1)] else tuple(taps)
+
+
 def _growth(x_shape, w_shape, padding) -> tuple[int, int] | None:
     """Rows and columns of zeros to append to a convolution's input whose pixels are fewer than its kernel's
-    taps (a 2 x 2 map with a 3 x 3 kernel; a 3 x 3 map with a 15 x 1 one): XLA's CPU backend computes those with
-    a generic loop instead of Eigen's or oneDNN's convolution, 10x slower or more (a 2 x 2 x 512 map with a
-    3 x 3 x 512 x 512 kernel: 12.7 ms, a 3 x 3 map 1.3 ms). Each spatial axis grows to the kernel's size. None
-    when there is nothing to grow, the padding crops, or a shape is symbolic."""
+    taps (a 2 x 2 map with a 3 x 3 kernel, an 8 x 8 map with a 15 x 15 one; module docstring): each spatial
+    axis grows to the kernel's size. None when there is nothing to grow, the padding crops (appended zeros would
+    be kept), or a shape is symbolic."""
     (h, w), (kh, kw) = x_shape[1:3], w_shape[:2]
     if not all(isinstance(d, int) for d in (h, w, kh, kw)) or h * w >= kh * kw:
         return None
