@@ -28,6 +28,7 @@ where it has them (GPU, TPU), else the process's peak resident memory (CPU).
 """
 
 import json
+import os
 import resource
 import statistics
 import time
@@ -45,6 +46,11 @@ from gcn_jax.models.resnet import ResNet
 from gcn_jax.training import optimizer, state as state_lib
 from gcn_jax.training.config_checks import check_config
 
+try:
+    from benchmarks import cpu_breakdown
+except ImportError:  # run as a script (compare_torch.py runs it so): this file's folder is on sys.path
+    import cpu_breakdown
+
 cli.define_config_flag("Config file (configs/*.py); any --config.KEY=VALUE override applies.")
 flags.DEFINE_integer("warmup", 2, "Steps run after compilation and before timing.")
 flags.DEFINE_integer("reps", 5, "Timed repetitions.")
@@ -54,6 +60,8 @@ flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
 flags.DEFINE_enum("part", "model", ["model", "backbone", "deconv"], "The whole model, its ResNet alone, or one "
                   "x2 deconvolution to the crop size (see the module docstring).")
+flags.DEFINE_float("cpu_breakdown", 0, "Then sample each timed program for this many seconds with Linux perf "
+                   "and print where its CPU time went (benchmarks/cpu_breakdown.py); 0: not.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -137,8 +145,11 @@ def compiled_and_timed(fn, args: tuple, run=None) -> dict:
     compile_s = time.perf_counter() - start
     call = run(compiled) if run else (lambda: compiled(*args))
     timed(call, 1, FLAGS.warmup)
-    return {"compile_s": compile_s, "flops_per_step": flops_of(lowered),
-            "step_s": timed(call, FLAGS.reps, FLAGS.steps)}
+    result = {"compile_s": compile_s, "flops_per_step": flops_of(lowered),
+              "step_s": timed(call, FLAGS.reps, FLAGS.steps)}
+    if FLAGS.cpu_breakdown > 0:
+        result["cpu_breakdown"] = cpu_breakdown.sample(call, FLAGS.cpu_breakdown, len(os.sched_getaffinity(0)))
+    return result
 
 
 def bench_train(config, mesh, batch) -> dict:
@@ -235,6 +246,9 @@ def main(argv):
     cli.start(argv)
     config, mesh = FLAGS.config, parallel.make_mesh()
     check_config(config, mesh.size, jax.process_count(), "train")
+    if FLAGS.cpu_breakdown > 0:
+        cpu_breakdown.perf_path()  # perf is there, before anything is compiled
+        cpu_breakdown.prepare()
     results = {}
     if FLAGS.part == "model":
         batch = random_batch(config, mesh)
@@ -261,6 +275,9 @@ def main(argv):
     peak_text = "unknown" if peak is None else f"{peak / 1e9:.1f} GFLOP/s per device"
     print(f"peak: {peak_text} ({peak_source}); peak memory {memory / 2**20:.0f} MiB ({memory_source}); "
           f"median of {FLAGS.reps} x {FLAGS.steps} steps after {FLAGS.warmup} warm-up")
+    for name, r in results.items():
+        if "cpu_breakdown" in r:
+            print(cpu_breakdown.format_table(name, r["cpu_breakdown"]))
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump({"config": json.loads(config.to_json_best_effort()), "device": device.device_kind,

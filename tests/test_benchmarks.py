@@ -1,10 +1,15 @@
-"""benchmarks/layers.py runs and reports each rewritten layer beside the form it replaces (the figures
-themselves are for the README, never asserted)."""
+"""benchmarks/layers.py runs and reports each rewritten layer beside the form it replaces, and
+benchmarks/cpu_breakdown.py sorts a program's CPU time by where it went (the figures themselves are for the
+README, never asserted)."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,3 +28,93 @@ def test_layers_benchmark_prints_both_forms_of_each_layer():
     assert len(rows) == 2 * 8 + 2 + 2 * 9 + 2 + 2 * 6
     for r in rows:  # ms per call, forward and forward + backward
         assert float(r[3]) > 0 and float(r[5]) > 0
+
+
+# `perf report --stdio --no-children -n --sort sym` lines as this project's programs give them (AMD EPYC,
+# jaxlib 0.12, oneDNN's kernels named through ONEDNN_JIT_PROFILE=2), one or two per category, below perf's header.
+SAMPLED = [  # (samples, [.] user or [k] kernel, symbol)
+    (4230, ".", "ynn::dot_fp32_5x64x1_1x16x1_avx512"),
+    (1900, ".", "jit_brgemm_kernel_t.54"),
+    (316, ".", "jit_uni_reorder_kernel_f32.58"),
+    (291, ".", "std::_Function_handler<void (long, long), dnnl::impl::cpu::x64::jit_uni_reorder_t::omp_driver_2d("
+               "int, int, int, char const*, char*, void const*, void const*, int, int, int*) const::$_0>::_M_invoke"),
+    (93, ".", "dnnl::impl::cpu::x64::brgemm_1x1_convolution_fwd_t<(dnnl::impl::cpu::x64::cpu_isa_t)880>::exec_ker"),
+    (5248, ".", "jit_avx512_common_gemm_f32_xbyak_gemm.9"),
+    (3079, ".", "Eigen::internal::gemm_pack_colmajor_block<float, long, Eigen::internal::TensorContractionSubMapper<"
+                "float, long, 0, Eigen::TensorEvaluator<Eigen::TensorReshapingOp<Eigen::DSizes<long, 2> const, "
+                "Eigen::TensorImagePatchOp<-1l, -1l, Eigen::TensorMap<Eigen::Tensor<float const, 4, 1, long>, 16, "
+                "Eigen::MakePointer> const> const> const, Eigen::ThreadPoolDevice>, Eigen::array<long, 1ul>, "
+                "Eigen::array<long, 1ul>, 8, true, false, 0, Eigen::MakePointer>, 0>::operator()"),
+    (372, ".", "ynn::sum_kn_fp32_avx512"),
+    (102, ".", "0x00007f08c01970ec"),
+    (184, "k", "clear_page_erms"),
+    (144, ".", "_int_malloc"),
+    (245, ".", "Eigen::ThreadPoolTempl<tsl::thread::EigenEnvironment>::GlobalSteal"),
+    (6, ".", "PyObject_GetAttr"),
+]
+PERF_REPORT = "# Samples: 17K of event 'cpu-clock'\n# Overhead       Samples  Symbol\n#\n" + "".join(
+    f"    {100 * n / 16210:5.2f}%  {n:12d}  [{mark}] {symbol}\n" for n, mark, symbol in SAMPLED)
+
+
+def test_cpu_breakdown_sorts_perf_s_symbols_into_libraries_and_roles():
+    from benchmarks import cpu_breakdown as cb
+
+    assert cb.parse_report(PERF_REPORT) == {
+        "YNNPACK matrix products": 4230, "oneDNN convolutions": 1900 + 93, "oneDNN weight reorders": 316 + 291,
+        "GEMM of Eigen's contractions and convolutions": 5248, "Eigen's packing of GEMM blocks and patches": 3079,
+        "YNNPACK other (reductions, element-wise)": 372, "XLA's compiled loops (fusions)": 102,
+        "kernel (page faults, scheduling)": 184, "memory allocation and copies": 144,
+        "thread pools and runtime": 245, "other": 6}
+
+
+def test_cpu_breakdown_gives_shares_of_the_cores_time_and_cpu_ms_per_step():
+    from benchmarks import cpu_breakdown as cb
+
+    # 2 cores sampled for 2 s at RATE/s: 4 * RATE samples possible; a step took 0.25 s
+    r = cb.summarize({"a": 2 * cb.RATE, "b": cb.RATE}, steps=8, step_s=0.25, seconds=2, cores=2)
+    cats = r["categories"]
+    assert cats["a"]["share"] == 0.5 and cats["b"]["share"] == 0.25 and cats["idle"]["share"] == 0.25
+    # a: 2 * RATE samples in 2 s, one core's whole time, so 250 CPU ms in each 250 ms step
+    assert cats["a"]["cpu_ms_per_step"] == pytest.approx(250) and cats["idle"]["cpu_ms_per_step"] == pytest.approx(125)
+    assert (r["samples"], r["steps"]) == (3 * cb.RATE, 8)
+    # more samples than rate x seconds x cores (perf ran a little longer): nothing idle, shares sum to 1
+    over = cb.summarize({"a": 5 * cb.RATE}, steps=1, step_s=1.0, seconds=2, cores=2)["categories"]
+    assert over["a"]["share"] == 1 and over["idle"]["share"] == 0
+
+
+def _train_step(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--config", "configs/synthetic.py",
+                           "--config.crop_size=64,64", "--config.global_batch_size=2", "--reps", "1", "--steps",
+                           "1", "--warmup", "1", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+def test_cpu_breakdown_without_perf_is_an_error_that_says_what_to_install():
+    r = _train_step("--cpu_breakdown", "1", env={**os.environ, "PATH": "/nonexistent"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "error: --cpu_breakdown samples the process with Linux perf, which is not on PATH" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="Linux perf is not installed")
+def test_cpu_breakdown_names_onednn_s_kernels_in_the_inference_program(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _train_step("--cpu_breakdown", "3", "--json", str(out))
+    if r.returncode != 0 and "perf record failed" in r.stderr:
+        pytest.skip("perf may not sample here: " + r.stderr[-300:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for mode in ("train", "infer"):
+        b = figures[mode]["cpu_breakdown"]
+        assert b["steps"] > 0 and b["samples"] > 0
+        assert sum(c["share"] for c in b["categories"].values()) == pytest.approx(1)
+        assert f"{mode}: CPU time by where it went" in r.stdout
+    # The inference program's convolutions are oneDNN's kernels, named through the map oneDNN writes
+    # (ONEDNN_JIT_PROFILE=2), which must outlive the training program's breakdown: without names they count as
+    # XLA's own loops, and only oneDNN's compiled driver code (2% of the samples at this size) as its
+    # convolutions. Named, they took 17-60% of the cores here, depending on what else ran (pytest's other worker).
+    infer = figures["infer"]["cpu_breakdown"]["categories"]
+    assert infer["oneDNN convolutions"]["share"] > 0.05, infer
+    # training's convolutions are Eigen's, whose GEMM is a oneDNN kernel named through the same map
+    train = figures["train"]["cpu_breakdown"]["categories"]
+    assert train["GEMM of Eigen's contractions and convolutions"]["share"] > 0.05, train
