@@ -3,13 +3,16 @@
 
 `jax.profiler` traces mislead on CPU: XLA runs the train step's Eigen convolutions asynchronously, so their
 events cover only their launch, and parallel loops show as gaps (README, "Performance"). `perf record` samples
-each core at a fixed rate wherever it is, so the samples in a function are the CPU time spent there, and the
-samples missing from (rate x seconds x cores) are the time a core sat idle.
+this process's threads at a fixed rate while they run, so the samples in a function are the CPU time spent
+there, and the samples missing from (rate x seconds x cores) are the time the cores did not run this process:
+idle, or running something else (another process; the kernel too, where perf may sample user code only).
 
-The samples are grouped by library and role (`CATEGORIES`, matched on the symbol `perf report` gives). oneDNN
-writes a perf map of the kernels it generates when ``ONEDNN_JIT_PROFILE=2`` (set before its first kernel is
-generated: `prepare`), so its convolution and reorder kernels get names; the code XLA compiles itself has none,
-so its loops (fusions) show as bare addresses and are counted as such.
+The samples are grouped by library and role (`CATEGORIES`, matched on the symbol `perf report` gives; a pattern
+is a library's naming, so a kernel of the same library in another role lands in the same group: oneDNN's GEMM
+as "Eigen's GEMM" also when oneDNN calls it itself). oneDNN writes a perf map of the kernels it generates when
+``ONEDNN_JIT_PROFILE=2`` (set before its first kernel is generated: `prepare`), so its convolution and reorder
+kernels get names; the code XLA compiles itself has none, so its loops (fusions) show as bare addresses and are
+counted as such, with any other code that has no symbol.
 """
 
 from __future__ import annotations
@@ -92,23 +95,32 @@ def sample(call, seconds: float, cores: int) -> dict:
 
     perf = perf_path()
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "perf.data")
-        record = subprocess.Popen([perf, "record", "-e", "cpu-clock", "-F", str(RATE), "-p", str(os.getpid()),
-                                   "-o", data, "--", "sleep", str(seconds)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        start, steps = time.perf_counter(), 0
-        while record.poll() is None:
-            jax.block_until_ready(call())
-            steps += 1
-        step_s = (time.perf_counter() - start) / max(steps, 1)
-        _, stderr = record.communicate()
+        data, log = os.path.join(tmp, "perf.data"), os.path.join(tmp, "perf.log")
+        with open(log, "w") as messages:  # a file, not a pipe nobody reads while the loop runs
+            record = subprocess.Popen([perf, "record", "-e", "cpu-clock", "-F", str(RATE), "-p", str(os.getpid()),
+                                       "-o", data, "--", "sleep", str(seconds)],
+                                      stdout=messages, stderr=subprocess.STDOUT)
+            start, steps = time.perf_counter(), 0
+            while record.poll() is None:
+                jax.block_until_ready(call())
+                steps += 1
+            step_s = (time.perf_counter() - start) / max(steps, 1)
         if record.returncode != 0 or not os.path.exists(data):
-            raise errors.InputError(f"perf record failed (exit code {record.returncode}): {stderr.strip()[-500:]} "
-                                    "(perf may need /proc/sys/kernel/perf_event_paranoid <= 2, or root)")
+            raise errors.InputError(f"perf record failed (exit code {record.returncode}): {_tail(log)} (perf may "
+                                    "need /proc/sys/kernel/perf_event_paranoid <= 2, or root)")
         # read while this process lives: perf names oneDNN's kernels from the map the process writes
         report = subprocess.run([perf, "report", "--stdio", "--no-children", "-n", "--sort", "sym", "--percent-limit",
                                  "0", "-i", data], capture_output=True, text=True, check=False)
-    return summarize(parse_report(report.stdout), steps, step_s, seconds, cores)
+    counts = parse_report(report.stdout)
+    if report.returncode != 0 or not counts:
+        raise errors.InputError(f"perf report gave no samples (exit code {report.returncode}): "
+                                f"{report.stderr.strip()[-500:]}")
+    return summarize(counts, steps, step_s, seconds, cores)
+
+
+def _tail(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()[-500:]
 
 
 def summarize(counts: dict[str, int], steps: int, step_s: float, seconds: float, cores: int) -> dict:

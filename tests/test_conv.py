@@ -146,7 +146,7 @@ def test_a_strided_kernel_gradient_of_few_channels_is_a_stride_1_one_on_pixel_bl
 LARGE_KERNEL_CASES = {
     "3x3 on a 3x4 map": ((3, 3), ((1, 1), (1, 1)), (3, 4)),
     "3x3 padded unevenly": ((3, 3), ((0, 2), (2, 0)), (3, 4)),
-    "15x1 (a GCN head's second conv on res-5's map)": ((15, 1), ((7, 7), (0, 0)), (5, 3)),
+    "15x1 (a GCN head's second conv on res-5's map)": ((15, 1), ((7, 7), (0, 0)), (8, 3)),
     "2x3 padded after only": ((2, 3), ((0, 1), (0, 2)), (2, 3)),
 }
 
@@ -222,10 +222,21 @@ def test_a_map_with_fewer_pixels_than_taps_grows_to_the_kernel_with_lax_s_values
     if jax.default_backend() == "cpu":
         # lax's own is a generic loop on XLA's CPU backend (10x slower at 2 x 2 x 512, README); ours, and its
         # gradients, are not
-        assert _generic_loop_convolutions(ref, x, w) == 1
+        assert _generic_loop_convolutions(ref, x, w) == 1, \
+            "XLA compiles lax's form otherwise now (or names it otherwise): revisit conv._growth"
         assert _generic_loop_convolutions(ours, x, w) == 0
         grad = jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2), argnums=(0, 1))
         assert _generic_loop_convolutions(grad, x, w) == 0
+
+
+@pytest.mark.parametrize("size, kernel, padding", [((4, 4), (7, 7), ((0, 0), (0, 0))),
+                                                   ((1, 1), (5, 5), ((1, 1), (1, 1))),
+                                                   ((3, 6), (5, 3), ((0, 1), (1, 1)))])
+def test_a_window_larger_than_the_padded_map_gives_lax_s_empty_output(size, kernel, padding):
+    x, w = _case(kernel, c=8, o=6, size=size)
+    ours = conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)
+    assert ours.shape == lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN).shape
+    assert 0 in ours.shape[1:3]
 
 
 def test_a_cropping_padding_or_a_map_as_large_as_the_kernel_is_not_grown():

@@ -75,6 +75,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         preferred_element_type)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides, rhs_dilation = tuple(window_strides), tuple(rhs_dilation or (1, 1))
+    if _empty_output(lhs.shape, rhs.shape, padding, rhs_dilation):
+        return _conv(strides, padding, rhs_dilation, precision)(lhs, rhs)
     taps = _reaching_taps(lhs.shape, rhs.shape, strides, padding, rhs_dilation)
     if taps is not None:  # the taps that only ever meet the padding's zeros are left out, and so is that padding
         (t0, t1), (u0, u1) = taps
@@ -97,6 +99,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return lax.optimization_barrier(out)[:, :size[0], :size[1]]
 
 
+def _empty_output(x_shape, w_shape, padding, rhs_dilation) -> bool:
+    """Whether the window is larger than the padded input along an axis (an output of size 0, as lax gives);
+    False for symbolic shapes."""
+    dims = (*x_shape[1:3], *w_shape[:2])
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    return any(n + lo + hi < (k - 1) * d + 1
+               for n, (lo, hi), k, d in zip(x_shape[1:3], padding, w_shape[:2], rhs_dilation))
+
+
 def _reaching_taps(x_shape, w_shape, strides, padding, rhs_dilation):
     """For a stride-1, undilated convolution with non-negative padding whose kernel has taps that meet only the
     padding's zeros for every output (a 15 x 15 kernel on a 4 x 4 map: all but the middle 7 x 7), the first and
@@ -109,7 +121,7 @@ def _reaching_taps(x_shape, w_shape, strides, padding, rhs_dilation):
     for n, k, (lo, hi) in zip(x_shape[1:3], w_shape[:2], padding):
         # output r reads input r + t - lo with tap t; r runs over 0 .. n + lo + hi - k
         first, last = max(0, lo - (n + lo + hi - k)), min(k - 1, n - 1 + lo)
-        if first > last:  # an empty output
+        if first > last:  # no tap meets an input of size 0
             return None
         taps.append((first, last))
     return None if taps == [(0, w_shape[0] - 1), (0, w_shape[1] - 1)] else tuple(taps)
