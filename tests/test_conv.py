@@ -223,7 +223,7 @@ def test_a_map_with_fewer_pixels_than_taps_grows_to_the_kernel_with_lax_s_values
         # lax's own is a generic loop on XLA's CPU backend (10x slower at 2 x 2 x 512, README); ours, and its
         # gradients, are not
         assert _generic_loop_convolutions(ref, x, w) == 1, \
-            "XLA compiles lax's form otherwise now (or names it otherwise): revisit conv._growth"
+            "XLA compiles lax's form otherwise now (or names it otherwise): revisit conv._small_map_plan"
         assert _generic_loop_convolutions(ours, x, w) == 0
         grad = jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2), argnums=(0, 1))
         assert _generic_loop_convolutions(grad, x, w) == 0
@@ -237,6 +237,11 @@ def test_a_window_larger_than_the_padded_map_gives_lax_s_empty_output(size, kern
     ours = conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)
     assert ours.shape == lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN).shape
     assert 0 in ours.shape[1:3]
+    # and lax's gradients (zeros of the input's and the kernel's shapes); the product input gradient, which the
+    # 4 x 4 map's 7 x 7 kernel would take, gave a 6 x 6 one
+    _same_values_and_gradients(lambda x, w: conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN),
+                               lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN),
+                               x, w)
 
 
 def test_a_cropping_padding_or_a_map_as_large_as_the_kernel_is_not_grown():

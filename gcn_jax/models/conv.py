@@ -75,69 +75,60 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         preferred_element_type)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides, rhs_dilation = tuple(window_strides), tuple(rhs_dilation or (1, 1))
-    if _empty_output(lhs.shape, rhs.shape, padding, rhs_dilation):
+    plan = _small_map_plan(lhs.shape, rhs.shape, strides, padding, rhs_dilation)
+    if plan is None:
         return _conv(strides, padding, rhs_dilation, precision)(lhs, rhs)
-    taps = _reaching_taps(lhs.shape, rhs.shape, strides, padding, rhs_dilation)
-    if taps is not None:  # the taps that only ever meet the padding's zeros are left out, and so is that padding
-        (t0, t1), (u0, u1) = taps
-        (top, bottom), (left, right) = padding
-        kh, kw = rhs.shape[:2]
+    ((t0, t1), (u0, u1)), grow, size = plan
+    (top, bottom), (left, right) = padding
+    kh, kw = rhs.shape[:2]
+    if (t0, t1, u0, u1) != (0, kh - 1, 0, kw - 1):  # the taps that only meet the padding, and that padding, go
         # tied to the input, as `blocks.line_conv`'s kernel layout is: else XLA slices the kernel at the start
         lhs, rhs = lax.optimization_barrier((lhs, rhs))
         rhs = rhs[t0:t1 + 1, u0:u1 + 1]
         padding = ((top - t0, bottom - (kh - 1 - t1)), (left - u0, right - (kw - 1 - u1)))
-    grow = _growth(lhs.shape, rhs.shape, padding)
-    if grow is None:
+    if grow == (0, 0):
         return _conv(strides, padding, rhs_dilation, precision)(lhs, rhs)
     # Zeros appended at the bottom / right, inside non-negative padding, only add outputs at the end, which are
     # cropped. The barriers keep XLA from folding the zeros back into the convolution's padding: the grown input
     # here, and in the gradient the output gradient, which the crop pads back to the grown output's size.
     grown = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (0, grow[0], 0), (0, grow[1], 0), (0, 0, 0)))
     out = _conv(strides, padding, rhs_dilation, precision)(lax.optimization_barrier(grown), rhs)
-    size = [(n + lo + hi - (k - 1) * d - 1) // s + 1
-            for n, (lo, hi), k, d, s in zip(lhs.shape[1:3], padding, rhs.shape[:2], rhs_dilation, strides)]
     return lax.optimization_barrier(out)[:, :size[0], :size[1]]
 
 
-def _empty_output(x_shape, w_shape, padding, rhs_dilation) -> bool:
-    """Whether the window is larger than the padded input along an axis (an output of size 0, as lax gives);
-    False for symbolic shapes."""
-    dims = (*x_shape[1:3], *w_shape[:2])
-    if not all(isinstance(d, int) for d in dims):
-        return False
-    return any(n + lo + hi < (k - 1) * d + 1
-               for n, (lo, hi), k, d in zip(x_shape[1:3], padding, w_shape[:2], rhs_dilation))
+def _static(*shapes) -> bool:
+    """Whether every dimension is a number (not symbolic, as under `jax.export`)."""
+    return all(isinstance(d, int) for shape in shapes for d in shape)
 
 
-def _reaching_taps(x_shape, w_shape, strides, padding, rhs_dilation):
-    """For a stride-1, undilated convolution with non-negative padding whose kernel has taps that meet only the
-    padding's zeros for every output (a 15 x 15 kernel on a 4 x 4 map: all but the middle 7 x 7), the first and
-    last tap along each axis that meets the input; else None."""
-    if strides != (1, 1) or rhs_dilation != (1, 1) or min(min(p) for p in padding) < 0:
-        return None
-    if not all(isinstance(d, int) for d in (*x_shape[1:3], *w_shape[:2])):
-        return None
-    taps = []
-    for n, k, (lo, hi) in zip(x_shape[1:3], w_shape[:2], padding):
-        # output r reads input r + t - lo with tap t; r runs over 0 .. n + lo + hi - k
-        first, last = max(0, lo - (n + lo + hi - k)), min(k - 1, n - 1 + lo)
-        if first > last:  # no tap meets an input of size 0
-            return None
-        taps.append((first, last))
-    return None if taps == [(0, w_shape[0] - 1), (0, w_shape[1] - 1)] else tuple(taps)
+def _output_size(x_shape, w_shape, strides, padding, rhs_dilation) -> list[int]:
+    """The convolution's output (height, width), as lax's (0 or less: empty)."""
+    return [(n + lo + hi - (k - 1) * d - 1) // s + 1
+            for n, (lo, hi), k, d, s in zip(x_shape[1:3], padding, w_shape[:2], rhs_dilation, strides)]
 
 
-def _growth(x_shape, w_shape, padding) -> tuple[int, int] | None:
-    """Rows and columns of zeros to append to a convolution's input whose pixels are fewer than its kernel's
-    taps (a 2 x 2 map with a 3 x 3 kernel, an 8 x 8 map with a 15 x 15 one; module docstring): each spatial
-    axis grows to the kernel's size. None when there is nothing to grow, the padding crops (appended zeros would
-    be kept), or a shape is symbolic."""
+def _small_map_plan(x_shape, w_shape, strides, padding, rhs_dilation):
+    """How a convolution of a map smaller than its kernel is computed (module docstring): ((first, last) kernel
+    tap that meets the map along each axis, zero (rows, columns) to append to the map, the output's (height,
+    width)). Taps are left out at stride 1 without dilation only (a 15 x 15 kernel on a 4 x 4 map keeps its
+    middle 7 x 7); the map grows when it has fewer pixels than the taps left, each axis to their size (a 2 x 2
+    map with a 3 x 3 kernel). None when neither applies, and for symbolic shapes, a padding that crops (appended
+    zeros would be kept) or an empty output (lax's is empty too)."""
     (h, w), (kh, kw) = x_shape[1:3], w_shape[:2]
-    if not all(isinstance(d, int) for d in (h, w, kh, kw)) or h * w >= kh * kw:
+    if not _static((h, w, kh, kw)) or min(min(p) for p in padding) < 0 or min(h, w) < 1:
         return None
-    if min(min(p) for p in padding) < 0:
+    size = _output_size(x_shape, w_shape, strides, padding, rhs_dilation)
+    if min(size) < 1:
         return None
-    return max(kh - h, 0), max(kw - w, 0)
+    taps = [(0, kh - 1), (0, kw - 1)]
+    if strides == (1, 1) and rhs_dilation == (1, 1):  # output r reads map pixel r + t - lo with tap t
+        taps = [(max(0, lo - (m - 1)), min(k - 1, n - 1 + lo))
+                for n, k, (lo, _), m in zip((h, w), (kh, kw), padding, size)]
+    th, tw = (last - first + 1 for first, last in taps)
+    grow = (max(th - h, 0), max(tw - w, 0)) if h * w < th * tw else (0, 0)
+    if taps == [(0, kh - 1), (0, kw - 1)] and grow == (0, 0):
+        return None
+    return tuple(taps), grow, size
 
 
 @functools.cache
@@ -183,7 +174,9 @@ def _conv(strides, padding, rhs_dilation, precision):
 def _product_pays(x_shape, w_shape, strides, padding, rhs_dilation) -> bool:
     """Whether a convolution gets its input gradient as one product and a shifted sum (module docstring)."""
     plain = strides == (1, 1) and rhs_dilation == (1, 1) and min(min(p) for p in padding) >= 0
-    if not (plain and all(isinstance(d, int) for d in (*x_shape, *w_shape))):  # symbolic shapes: autodiff's
+    if not (plain and _static(x_shape, w_shape)):  # symbolic shapes: autodiff's
+        return False
+    if min(_output_size(x_shape, w_shape, strides, padding, rhs_dilation)) < 1:  # its shifted sum needs pixels
         return False
     return w_shape[0] * w_shape[1] > 1 and math.prod(w_shape) >= LARGE_KERNEL * math.prod(x_shape)
 
