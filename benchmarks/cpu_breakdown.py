@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 import time
 
+import jax
+
 from gcn_jax import errors
 
 RATE = 999  # samples per second per core (an odd rate does not beat with periodic work)
@@ -91,8 +93,6 @@ def prepare(environ=os.environ) -> None:
 def sample(call, seconds: float, cores: int) -> dict:
     """Run ``call()`` (which returns what to wait on) in a loop while perf samples this process for
     ``seconds``: `summarize` of the samples, the step time being the loop's (its time over its calls)."""
-    import jax
-
     perf = perf_path()
     with tempfile.TemporaryDirectory() as tmp:
         data, log = os.path.join(tmp, "perf.data"), os.path.join(tmp, "perf.log")

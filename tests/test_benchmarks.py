@@ -113,7 +113,6 @@ def test_cpu_breakdown_names_onednn_s_kernels_in_the_inference_program(tmp_path)
     for mode in ("train", "infer"):
         b = figures[mode]["cpu_breakdown"]
         assert b["steps"] > 0 and b["samples"] > 0
-        assert sum(c["share"] for c in b["categories"].values()) == pytest.approx(1)
         assert f"{mode}: CPU time by where it went" in r.stdout
     # The inference program's convolutions are oneDNN's kernels, named through the map oneDNN writes
     # (ONEDNN_JIT_PROFILE=2), which must outlive the training program's breakdown: without names they count as
