@@ -33,6 +33,12 @@ development machine (resnet50, k=15, 256², batch 2, one thread, the machine bus
 and inferred about 10% faster than NCHW in alternated runs; --no-channels-last runs NCHW. torch's OpenMP
 threads degrade badly on a machine that is busy with other processes (a training step 5-10 times slower with 2
 threads than with 1 there), so time it on a quiet machine.
+
+On a GPU: --device cuda (cuDNN's autotuner on, `torch.backends.cudnn.benchmark`; each repetition ends when the
+GPU is done; peak memory is `torch.cuda.max_memory_allocated`). --amp runs the forward pass and the loss under
+`torch.autocast` to bfloat16 (PyTorch's automatic mixed precision: float32 parameters and optimizer, bfloat16
+convolutions; no loss scaling, which bfloat16 does not need), the peer of train_step.py's
+`--config.model.dtype=bfloat16`. Both run on CPU too (autocast to bfloat16 on CPU).
 """
 
 from __future__ import annotations
@@ -285,28 +291,44 @@ def make_part(args):
     return model, x, lambda m, v: m(v), labels
 
 
-def timed(run, reps: int, steps: int) -> list[float]:
-    """Seconds per step of ``reps`` repetitions of ``steps`` calls of ``run`` (CPU ops are synchronous)."""
+def timed(run, reps: int, steps: int, synchronize=lambda: None) -> list[float]:
+    """Seconds per step of ``reps`` repetitions of ``steps`` calls of ``run``, each repetition ending with
+    ``synchronize()`` (CUDA runs asynchronously; CPU ops are synchronous)."""
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         for _ in range(steps):
             run()
+        synchronize()
         times.append((time.perf_counter() - start) / max(steps, 1))  # steps 0: a warm-up of nothing
     return times
 
 
-def bench_train(args) -> dict:
-    module, x, forward, labels = make_part(args)
+def autocast(args):
+    """The forward pass's context: autocast to bfloat16 with --amp, else float32 as it is."""
+    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.amp)
+
+
+def on_device(module: nn.Module, x: torch.Tensor, args) -> tuple[nn.Module, torch.Tensor]:
+    """``module`` and ``x`` on --device, channels-last unless --no-channels-last."""
+    module, x = module.to(args.device), x.to(args.device)
     if args.channels_last:
         module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return module, x
+
+
+def bench_train(args) -> dict:
+    module, x, forward, labels = make_part(args)
+    module, x = on_device(module, x, args)
     module.train()
     if args.part == "model":
         opt = sgd(module)
+        labels = labels.to(args.device)
 
         def run():
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(forward(module, x), labels, ignore_index=IGNORE_LABEL)
+            with autocast(args):
+                loss = F.cross_entropy(forward(module, x), labels, ignore_index=IGNORE_LABEL)
             loss.backward()
             opt.step()
     else:
@@ -316,31 +338,34 @@ def bench_train(args) -> dict:
         def run():
             module.zero_grad(set_to_none=True)
             x.grad = None
-            out = forward(module, x)
-            sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+            with autocast(args):
+                out = forward(module, x)
+                total = sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,)))
+            total.backward()
 
     return time_it(run, args)
 
 
 def bench_infer(args) -> dict:
     module, x, forward, _ = make_part(args)
-    if args.channels_last:
-        module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    module, x = on_device(module, x, args)
     module.eval()
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args):
             forward(module, x)
 
     return time_it(run, args)
 
 
 def time_it(run, args) -> dict:
+    synchronize = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     start = time.perf_counter()
     run()
+    synchronize()
     first = time.perf_counter() - start
-    timed(run, 1, max(args.warmup - 1, 0))
-    return {"first_step_s": first, "step_s": timed(run, args.reps, args.steps)}
+    timed(run, 1, max(args.warmup - 1, 0), synchronize)
+    return {"first_step_s": first, "step_s": timed(run, args.reps, args.steps, synchronize)}
 
 
 def summarize(result: dict, batch_size: int) -> dict:
@@ -377,6 +402,9 @@ def parse_args(argv=None):
                         help="torch.set_num_threads (default: the cores this process may use)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC memory format for model and inputs (default; --no-channels-last: NCHW)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--amp", action="store_true",
+                        help="autocast the forward pass and loss to bfloat16 (automatic mixed precision)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -386,37 +414,58 @@ def parse_args(argv=None):
         parser.error(str(e))
     if min(args.reps, args.steps, args.threads) < 1 or args.warmup < 0:
         parser.error("--reps, --steps and --threads must be >= 1, --warmup >= 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        parser.error(f"--device {args.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
     return args
+
+
+def device_name(args) -> str:
+    if torch.device(args.device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(args.device))
+    return platform.processor() or platform.machine()
+
+
+def peak_memory(args) -> tuple[float, str]:
+    """(peak bytes, what was measured), as train_step.py reports it."""
+    if torch.device(args.device).type == "cuda":
+        return float(torch.cuda.max_memory_allocated(torch.device(args.device))), "device max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS"
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if torch.device(args.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
     results = {}
     if args.mode in ("train", "both"):
         results["train"] = bench_train(args)
     if args.mode in ("infer", "both"):
         results["infer"] = bench_infer(args)
     results = {k: summarize(v, args.batch) for k, v in results.items()}
-    memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    memory, memory_source = peak_memory(args)
     layout = "channels-last" if args.channels_last else "NCHW"
     what = {"model": "GCNSegmentation", "backbone": "ResNet alone", "deconv": "one x2 deconvolution"}[args.part]
     print(f"torch {torch.__version__} {what}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, "
-          f"BR {'off' if args.no_br else 'on'}, batch {args.batch} of {args.size}, float32, {layout}; "
-          f"{args.threads} threads on {platform.processor() or platform.machine()}")
+          f"BR {'off' if args.no_br else 'on'}, batch {args.batch} of {args.size}, "
+          f"{'bfloat16 autocast' if args.amp else 'float32'}, {layout}; {args.threads} threads, {device_name(args)}")
     print(f"{'':<6} {'images/s':>9} {'step ms':>10} {'min-max ms':>15} {'first s':>8}")
     for name, r in results.items():
         print(f"{name:<6} {r['images_per_s']:>9.2f} {1e3 * r['step_s_median']:>10.1f} "
               f"{1e3 * r['step_s_min']:>7.1f}-{1e3 * r['step_s_max']:<7.1f} {r['first_step_s']:>8.2f}")
-    print(f"peak memory {memory / 2**20:.0f} MiB (process peak RSS); "
+    print(f"peak memory {memory / 2**20:.0f} MiB ({memory_source}); "
           f"median of {args.reps} x {args.steps} steps after {args.warmup} warm-up")
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         with open(args.json, "w") as f:
             json.dump({"framework": "torch", "torch_version": torch.__version__, "settings": settings,
-                       "device": "cpu", "num_threads": args.threads, "peak_memory_bytes": memory,
-                       "memory_source": "process peak RSS", **results}, f, indent=2)
+                       "device": device_name(args), "num_threads": args.threads, "peak_memory_bytes": memory,
+                       "memory_source": memory_source, **results}, f, indent=2)
         print(f"wrote {args.json}")
 
 

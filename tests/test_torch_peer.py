@@ -1,6 +1,8 @@
 """benchmarks/torch_peer.py is the same network as GCNSegmentation: a flax model's variables loaded into it give
 the same logits and it has as many parameters. Runs where torch is installed (it is not a dependency)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -60,3 +62,38 @@ def test_the_peer_computes_the_same_logits(pair, train):
         out = peer(torch.from_numpy(images).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     assert out.shape == logits.shape == (2, 45, 61, 5)
     np.testing.assert_allclose(out, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+
+
+def test_amp_computes_in_bfloat16_close_to_float32(pair):
+    # --amp: the peer of model.dtype=bfloat16 (convolutions in bfloat16, the result near float32's)
+    _, _, peer, images = pair
+    peer.eval()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        full = peer(x)
+        with torch_peer.autocast(torch_peer.parse_args(["--amp"])):
+            half = peer(x)
+        with torch_peer.autocast(torch_peer.parse_args([])):
+            same = peer(x)
+    assert full.dtype == same.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert torch.equal(same, full)
+    error = (half.float() - full).abs().max() / full.abs().max()
+    assert 1e-4 < error < 0.05  # bfloat16 keeps 8 bits of mantissa: about 0.4% per rounding
+
+
+def test_the_peer_times_a_training_step_with_amp_and_writes_json(tmp_path):
+    out = tmp_path / "peer.json"
+    torch_peer.main(["--backbone", "resnet18", "--kernel-size", "3", "--size", "40", "--batch", "2", "--amp",
+                     "--mode", "train", "--warmup", "1", "--reps", "2", "--steps", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["settings"]["amp"] is True and result["settings"]["device"] == "cpu"
+    assert result["memory_source"] == "process peak RSS" and result["peak_memory_bytes"] > 0
+    assert len(result["train"]["step_s"]) == 2 and result["train"]["images_per_s"] > 0 and "infer" not in result
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch sees a GPU")
+def test_a_cuda_device_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        torch_peer.parse_args(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: this torch" in capsys.readouterr().err
