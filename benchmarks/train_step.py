@@ -25,6 +25,15 @@ divides the achieved FLOP/s by a peak: --peak (FLOP/s per device) if given; else
 measured here (the best of several 2048x2048 products per core-set XLA uses); else the nominal datasheet peak of
 a known accelerator for the compute dtype (`NOMINAL_PEAKS`). Peak memory is the device's `memory_stats()`
 where it has them (GPU, TPU), else the process's peak resident memory (CPU).
+
+--fit_batch replaces config.global_batch_size with the largest multiple of the device count (times
+`grad_accum_steps`) whose train step fits in --fit_memory_fraction of each device's memory
+(`memory_stats()["bytes_limit"]`, which GPUs and TPUs report; on CPU it is an error): the bytes per device are
+XLA's memory analysis of the compiled train step (arguments, outputs not donated, temporaries), so the search
+compiles but runs nothing (`benchmarks/fit_batch.py`). It compiles at 1 and 2 images per device, takes the
+straight line through the two, and checks its estimate and the next batch up (a secant search inside the
+bracket found so far): about four compilations when memory grows linearly with the
+batch. Inference is then timed at the same batch.
 """
 
 import json
@@ -38,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from gcn_jax import cli, parallel, xla_flags
+from gcn_jax import cli, errors, parallel, xla_flags
 from gcn_jax.images import model_input, size_pair
 from gcn_jax.models import build_model
 from gcn_jax.models.blocks import Deconv2x
@@ -47,9 +56,10 @@ from gcn_jax.training import optimizer, state as state_lib
 from gcn_jax.training.config_checks import check_config
 
 try:
-    from benchmarks import cpu_breakdown
+    from benchmarks import cpu_breakdown, fit_batch
 except ImportError:  # run as a script (compare_torch.py runs it so): this file's folder is on sys.path
     import cpu_breakdown
+    import fit_batch
 
 cli.define_config_flag("Config file (configs/*.py); any --config.KEY=VALUE override applies.")
 flags.DEFINE_integer("warmup", 2, "Steps run after compilation and before timing.")
@@ -62,6 +72,10 @@ flags.DEFINE_enum("part", "model", ["model", "backbone", "deconv"], "The whole m
                   "x2 deconvolution to the crop size (see the module docstring).")
 flags.DEFINE_float("cpu_breakdown", 0, "Then sample each timed program for this many seconds with Linux perf "
                    "and print where its CPU time went (benchmarks/cpu_breakdown.py); 0: not.")
+flags.DEFINE_bool("fit_batch", False, "Time at the largest global batch whose train step fits the devices' memory "
+                  "(GPU/TPU; see the module docstring) instead of config.global_batch_size.")
+flags.DEFINE_float("fit_memory_fraction", 0.9, "--fit_batch: the share of each device's memory limit the train "
+                   "step may take (the rest: the allocator's fragmentation, library workspaces).")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -246,6 +260,12 @@ def main(argv):
     cli.start(argv)
     config, mesh = FLAGS.config, parallel.make_mesh()
     check_config(config, mesh.size, jax.process_count(), "train")
+    if not 0 < FLAGS.fit_memory_fraction <= 1:
+        raise errors.InputError(f"--fit_memory_fraction={FLAGS.fit_memory_fraction}: expected a share in (0, 1]")
+    if FLAGS.fit_batch:
+        batch_size = fit_batch.fit(config, mesh, FLAGS.fit_memory_fraction)
+        with config.unlocked():
+            config.global_batch_size = batch_size
     if FLAGS.cpu_breakdown > 0:
         cpu_breakdown.perf_path()  # perf is there, before anything is compiled
         cpu_breakdown.prepare()

@@ -123,3 +123,64 @@ def test_cpu_breakdown_names_onednn_s_kernels_in_the_inference_program(tmp_path)
     # training's convolutions are Eigen's, whose GEMM is a oneDNN kernel named through the same map
     train = figures["train"]["cpu_breakdown"]["categories"]
     assert train["GEMM of Eigen's contractions and convolutions"]["share"] > 0.05, train
+
+
+LINEAR = lambda b: 3e9 + 1.5e9 * b  # noqa: E731  (bytes per device at batch b: state + activations)
+
+
+@pytest.mark.parametrize("bytes_at, limit, step", [
+    (LINEAR, 100e9, 1), (LINEAR, 100e9, 8), (LINEAR, 4.5e9, 1), (LINEAR, 1e15, 2),
+    (lambda b: 3e9 + 1.5e9 * b + 0.004e9 * b * b, 100e9, 1),  # faster than linear
+    (lambda b: 3e9 + 4e9 * b ** 0.7, 100e9, 1),  # slower
+    (lambda b: 3e9 + 1.5e9 * b + (20e9 if b > 30 else 0), 100e9, 1),  # a jump (another algorithm's workspace)
+], ids=["linear", "linear-8-devices", "one-fits", "capped", "superlinear", "sublinear", "jump"])
+def test_the_batch_search_finds_the_largest_batch_that_fits(bytes_at, limit, step):
+    from benchmarks import fit_batch
+
+    tried = []
+    found = fit_batch.largest_fitting(lambda b: tried.append(b) or bytes_at(b), limit, step, most=4096)
+    fitting = [b for b in range(step, 4097, step) if bytes_at(b) <= limit]
+    assert found == max(fitting)
+    assert len(tried) == len(set(tried)) <= 12  # each batch compiled once
+    if bytes_at is LINEAR and found < 4096:
+        assert len(tried) <= 4  # 1 and 2 per device, the line's estimate and the batch above it
+
+
+def test_the_batch_search_when_one_image_per_device_does_not_fit_is_an_error():
+    from benchmarks import fit_batch
+    from gcn_jax import errors
+
+    with pytest.raises(errors.InputError, match="even 4 image.s., one per device"):
+        fit_batch.largest_fitting(LINEAR, 8e9, 4)
+
+
+def test_the_batch_fit_compiles_the_train_step_and_keeps_within_the_limit(tmp_path):
+    # On the tests' 4 CPU devices, with a limit halfway between the train step's bytes at 1 and 2 images per
+    # device: XLA's memory analysis counts the state, the batch and the temporaries, and the fit is 4 images.
+    import jax
+
+    from benchmarks import fit_batch
+    from gcn_jax import parallel
+    from gcn_jax.training import optimizer, state as state_lib
+    from tests.tiny_run import tiny_config
+
+    config, mesh = tiny_config(str(tmp_path)), parallel.make_mesh()
+    one, two = (fit_batch.train_step_bytes(config, mesh, b) for b in (4, 8))
+    state = state_lib.train_state_shapes(config, mesh, optimizer.make_optimizer(config.optimizer,
+                                                                                config.num_train_steps))
+    assert one > sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    assert two - one >= 48 * 48 * 5  # one more image per device: its uint8 pixels, label and mask
+    assert fit_batch.fit(config, mesh, 1.0, limit=(one + two) / 2) == 4
+    assert fit_batch.fit(config, mesh, 0.5, limit=2 * two) == 8  # the fraction applies to the limit
+    with pytest.raises(Exception, match="even 4 image.s., one per device"):
+        fit_batch.fit(config, mesh, 1.0, limit=one / 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fit_batch"], "error: --fit_batch needs the device's memory limit, which cpu does not report"),
+    (["--fit_batch", "--fit_memory_fraction", "1.5"], "error: --fit_memory_fraction=1.5: expected a share in (0, 1]"),
+], ids=["cpu", "fraction"])
+def test_fit_batch_errors_say_what_was_expected(args, message):
+    r = _train_step(*args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr and "Traceback" not in r.stderr
