@@ -359,7 +359,8 @@ def bench_infer(args) -> dict:
 
 
 def time_it(run, args) -> dict:
-    synchronize = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
+    device = torch.device(args.device)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     run()
     synchronize()
@@ -443,10 +444,14 @@ def main(argv=None):
     if torch.device(args.device).type == "cuda":
         torch.backends.cudnn.benchmark = True
     results = {}
-    if args.mode in ("train", "both"):
-        results["train"] = bench_train(args)
-    if args.mode in ("infer", "both"):
-        results["infer"] = bench_infer(args)
+    try:
+        if args.mode in ("train", "both"):
+            results["train"] = bench_train(args)
+        if args.mode in ("infer", "both"):
+            results["infer"] = bench_infer(args)
+    except torch.OutOfMemoryError as e:
+        raise SystemExit(f"torch_peer.py: out of memory on {args.device} at --batch {args.batch} (try a smaller "
+                         f"--batch): {str(e).splitlines()[0]}") from None
     results = {k: summarize(v, args.batch) for k, v in results.items()}
     memory, memory_source = peak_memory(args)
     layout = "channels-last" if args.channels_last else "NCHW"

@@ -262,8 +262,9 @@ def main(argv):
     check_config(config, mesh.size, jax.process_count(), "train")
     if not 0 < FLAGS.fit_memory_fraction <= 1:
         raise errors.InputError(f"--fit_memory_fraction={FLAGS.fit_memory_fraction}: expected a share in (0, 1]")
+    fitted = {}
     if FLAGS.fit_batch:
-        batch_size = fit_batch.fit(config, mesh, FLAGS.fit_memory_fraction)
+        batch_size, fitted = fit_batch.fit(config, mesh, FLAGS.fit_memory_fraction)
         with config.unlocked():
             config.global_batch_size = batch_size
     if FLAGS.cpu_breakdown > 0:
@@ -303,7 +304,7 @@ def main(argv):
             json.dump({"config": json.loads(config.to_json_best_effort()), "device": device.device_kind,
                        "part": FLAGS.part, "num_devices": mesh.size, "peak_flops_per_device": peak,
                        "peak_source": peak_source, "peak_memory_bytes": memory, "memory_source": memory_source,
-                       **results}, f, indent=2)
+                       **({"fit_batch": fitted} if fitted else {}), **results}, f, indent=2)
         print(f"wrote {FLAGS.json}")
 
 

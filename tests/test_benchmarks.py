@@ -3,6 +3,7 @@ benchmarks/cpu_breakdown.py sorts a program's CPU time by where it went (the fig
 README, never asserted)."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -133,14 +134,17 @@ LINEAR = lambda b: 3e9 + 1.5e9 * b  # noqa: E731  (bytes per device at batch b: 
     (lambda b: 3e9 + 1.5e9 * b + 0.004e9 * b * b, 100e9, 1),  # faster than linear
     (lambda b: 3e9 + 4e9 * b ** 0.7, 100e9, 1),  # slower
     (lambda b: 3e9 + 1.5e9 * b + (20e9 if b > 30 else 0), 100e9, 1),  # a jump (another algorithm's workspace)
-], ids=["linear", "linear-8-devices", "one-fits", "capped", "superlinear", "sublinear", "jump"])
+    (lambda b: math.inf if b > 40 else LINEAR(b), 100e9, 1),  # beyond 40 the compiler runs out of memory
+    (LINEAR, 1e15, 3),  # 3 devices: the cap (4096) is no multiple of 3
+], ids=["linear", "linear-8-devices", "one-fits", "capped", "superlinear", "sublinear", "jump", "compile-oom",
+        "3-devices"])
 def test_the_batch_search_finds_the_largest_batch_that_fits(bytes_at, limit, step):
     from benchmarks import fit_batch
 
     tried = []
     found = fit_batch.largest_fitting(lambda b: tried.append(b) or bytes_at(b), limit, step, most=4096)
     fitting = [b for b in range(step, 4097, step) if bytes_at(b) <= limit]
-    assert found == max(fitting)
+    assert found == max(fitting) and found % step == 0
     assert len(tried) == len(set(tried)) <= 12  # each batch compiled once
     if bytes_at is LINEAR and found < 4096:
         assert len(tried) <= 4  # 1 and 2 per device, the line's estimate and the batch above it
@@ -160,7 +164,7 @@ def test_the_batch_fit_compiles_the_train_step_and_keeps_within_the_limit(tmp_pa
     import jax
 
     from benchmarks import fit_batch
-    from gcn_jax import parallel
+    from gcn_jax import errors, parallel
     from gcn_jax.training import optimizer, state as state_lib
     from tests.tiny_run import tiny_config
 
@@ -170,9 +174,10 @@ def test_the_batch_fit_compiles_the_train_step_and_keeps_within_the_limit(tmp_pa
                                                                                 config.num_train_steps))
     assert one > sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     assert two - one >= 48 * 48 * 5  # one more image per device: its uint8 pixels, label and mask
-    assert fit_batch.fit(config, mesh, 1.0, limit=(one + two) / 2) == 4
-    assert fit_batch.fit(config, mesh, 0.5, limit=2 * two) == 8  # the fraction applies to the limit
-    with pytest.raises(Exception, match="even 4 image.s., one per device"):
+    batch, record = fit_batch.fit(config, mesh, 1.0, limit=(one + two) / 2)
+    assert batch == 4 and record["bytes_per_device"] == {4: one, 8: two}
+    assert fit_batch.fit(config, mesh, 0.5, limit=2 * two)[0] == 8  # the fraction applies to the limit
+    with pytest.raises(errors.InputError, match="even 4 image.s., one per device"):
         fit_batch.fit(config, mesh, 1.0, limit=one / 2)
 
 
