@@ -7,6 +7,7 @@ of each round's JAX / torch, which a drift of the machine from round to round mo
     python benchmarks/compare_torch.py --part backbone --mode train --rounds 5
     python benchmarks/compare_torch.py --backbone resnet18 --size 64 --reps 2 --steps 1 --rounds 1
     python benchmarks/compare_torch.py --torch-args="--no-channels-last --threads 1" -- --peak=1e11
+    python benchmarks/compare_torch.py --device cuda --amp --fit-batch --backbone resnet152 --size 512 --rounds 1
 
 The JAX side is `train_step.py --config configs/voc.py` with --config.model.backbone, .kernel_size,
 .num_classes, .use_br, --config.crop_size and --config.global_batch_size set from the flags here (float32,
@@ -18,6 +19,11 @@ both sides get GLIBC_TUNABLES with glibc.malloc.hugetlb=1, and the table says so
 Rounds alternate which side starts (JAX-torch, torch-JAX, ...), so a slow drift of the machine touches both
 alike; run it on a quiet machine. Each run is a fresh process with its own warm-up (--warmup, --reps, --steps
 as in train_step.py). torch is optional: `pip install -r requirements-bench.txt`.
+
+On a GPU: --device cuda runs the peer there (JAX uses the GPU it finds); --amp makes the comparison bfloat16
+(`--config.model.dtype=bfloat16` against the peer's autocast to bfloat16); --fit-batch runs the first JAX side
+with train_step.py's --fit_batch (the largest batch that fits the GPU's memory) and every later run, torch's
+included, with the batch it found (--batch is then ignored).
 """
 
 import argparse
@@ -42,7 +48,7 @@ def jax_command(args, json_path: str, extra: list[str]) -> list[str]:
             f"--config.model.num_classes={args.num_classes}", f"--config.model.use_br={not args.no_br}",
             f"--config.crop_size={h},{w}", f"--config.global_batch_size={args.batch}", f"--part={args.part}",
             f"--mode={args.mode}", f"--warmup={args.warmup}", f"--reps={args.reps}", f"--steps={args.steps}",
-            f"--json={json_path}", *extra]
+            f"--json={json_path}", *(["--config.model.dtype=bfloat16"] if args.amp else []), *extra]
 
 
 def torch_command(args, json_path: str) -> list[str]:
@@ -51,7 +57,8 @@ def torch_command(args, json_path: str) -> list[str]:
             "--kernel-size", str(args.kernel_size), "--num-classes", str(args.num_classes), "--size", str(h), str(w),
             "--batch", str(args.batch), "--part", args.part, "--mode", args.mode, "--warmup", str(args.warmup),
             "--reps", str(args.reps), "--steps", str(args.steps), "--json", json_path,
-            *(["--no-br"] if args.no_br else []), *shlex.split(args.torch_args)]
+            "--device", args.device, *(["--amp"] if args.amp else []), *(["--no-br"] if args.no_br else []),
+            *shlex.split(args.torch_args)]
 
 
 def run_side(name: str, command: list[str], json_path: str, env: dict[str, str]) -> dict:
@@ -110,6 +117,11 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="the peer's torch device (cuda on a GPU)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 on both sides (the peer: autocast)")
+    parser.add_argument("--fit-batch", action="store_true",
+                        help="the first JAX run finds the largest batch that fits (train_step.py --fit_batch); "
+                             "every run uses it")
     parser.add_argument("--torch-args", default="", help="more arguments for torch_peer.py, e.g. '--no-channels-last'")
     parser.add_argument("--json", help="also write the rounds and the summary to this JSON file")
     args = parser.parse_args(argv)
@@ -117,6 +129,8 @@ def parse_args(argv):
         args.size = size_pair(args.size)
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
+    if args.fit_batch and args.part != "model":
+        parser.error(f"--fit-batch fits the whole model's train step, not --part {args.part}'s")
     if any(a.startswith("--config.model.backbone_width") for a in extra):
         parser.error("--config.model.backbone_width: the torch peer is the standard ResNet (width 64) only, so the "
                      "comparison would not be like for like")
@@ -132,17 +146,23 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             paths = {side: os.path.join(tmp, f"{side}_{r}.json") for side in ("jax", "torch")}
-            commands = {"jax": jax_command(args, paths["jax"], extra), "torch": torch_command(args, paths["torch"])}
             order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
             result = {}
             for side in order:
+                fit = side == "jax" and args.fit_batch and r == 0  # the first run: round 1 starts with JAX
+                command = (jax_command(args, paths["jax"], [*extra, *(["--fit_batch"] if fit else [])])
+                           if side == "jax" else torch_command(args, paths["torch"]))
                 print(f"\n== round {r + 1}/{args.rounds}: {side}", flush=True)
-                result[side] = run_side(side, commands[side], paths[side], env)
+                result[side] = run_side(side, command, paths[side], env)
+                if fit:
+                    args.batch = result[side]["config"]["global_batch_size"]
+                    print(f"== every run from here on: batch {args.batch}, the largest that fits", flush=True)
             rounds.append(result)
     table = summary(rounds)
     h, w = args.size
     print(f"\n{args.part}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, BR "
-          f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, float32; images/s, median (min-max) "
+          f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, {'bfloat16' if args.amp else 'float32'}, "
+          f"torch on {args.device}; images/s, median (min-max) "
           f"over {args.rounds} round(s); GLIBC_TUNABLES={tunables or '(none)'} for both")
     print(f"{'':<6} {'JAX':>22} {'torch':>22} {'JAX/torch':>10} {'paired':>7}")
     for mode, row in table.items():

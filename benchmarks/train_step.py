@@ -263,6 +263,8 @@ def main(argv):
     if not 0 < FLAGS.fit_memory_fraction <= 1:
         raise errors.InputError(f"--fit_memory_fraction={FLAGS.fit_memory_fraction}: expected a share in (0, 1]")
     fitted = {}
+    if FLAGS.fit_batch and FLAGS.part != "model":
+        raise errors.InputError(f"--fit_batch fits the whole model's train step, not --part {FLAGS.part}'s")
     if FLAGS.fit_batch:
         batch_size, fitted = fit_batch.fit(config, mesh, FLAGS.fit_memory_fraction)
         with config.unlocked():

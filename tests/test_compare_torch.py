@@ -27,3 +27,36 @@ def test_summary_gives_the_ratio_of_medians_and_the_median_of_each_rounds_ratio(
     assert train["round_ratios"] == pytest.approx([2.0, 1.5, 1.1])
     assert train["paired_ratio"] == pytest.approx(1.5)
     assert table["infer"]["paired_ratio"] == pytest.approx(3.0)
+
+
+def test_with_the_largest_batch_that_fits_every_run_uses_the_fitted_batch(monkeypatch):
+    # On a GPU in bfloat16, two rounds: the first JAX run fits the batch (12 here) and every later run, torch's
+    # included, uses it.
+    commands = []
+
+    def run_side(name, command, json_path, env):
+        commands.append((name, command))
+        batch = 12 if "--fit_batch" in command else int(
+            command[command.index("--batch") + 1] if name == "torch" else
+            next(a for a in command if a.startswith("--config.global_batch_size=")).split("=")[1])
+        return {"config": {"global_batch_size": batch}, "train": {"images_per_s": 1.0}, "infer": {"images_per_s": 2.0}}
+
+    monkeypatch.setattr(compare_torch, "run_side", run_side)
+    compare_torch.main(["--device", "cuda", "--amp", "--fit-batch", "--rounds", "2"])
+    names = [name for name, _ in commands]
+    assert names == ["jax", "torch", "torch", "jax"]
+    first, *rest = [command for _, command in commands]
+    assert "--fit_batch" in first and "--config.model.dtype=bfloat16" in first
+    for name, command in commands[1:]:
+        assert "--fit_batch" not in command
+        if name == "torch":
+            assert command[command.index("--batch") + 1] == "12" and "--amp" in command
+            assert command[command.index("--device") + 1] == "cuda"
+        else:
+            assert "--config.global_batch_size=12" in command and "--config.model.dtype=bfloat16" in command
+
+
+def test_fit_batch_is_for_the_whole_model(capsys):
+    with pytest.raises(SystemExit):
+        compare_torch.parse_args(["--fit-batch", "--part", "backbone"])
+    assert "--fit-batch fits the whole model's train step, not --part backbone's" in capsys.readouterr().err
