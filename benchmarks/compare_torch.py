@@ -10,12 +10,12 @@ of each round's JAX / torch, which a drift of the machine from round to round mo
     python benchmarks/compare_torch.py --device cuda --amp --fit-batch --backbone resnet152 --size 512 --rounds 1
 
 The JAX side is `train_step.py --config configs/voc.py` with --config.model.backbone, .kernel_size,
-.num_classes, .use_br, --config.crop_size and --config.global_batch_size set from the flags here (float32,
-SGD with momentum 0.9 and weight decay, as the torch side); arguments after `--` are added to its command line
-(e.g. more --config overrides; not model.backbone_width, which the peer does not have). XLA's environment
-(XLA_FLAGS) is inherited. --torch-args go to torch_peer.py. Both sides run with the same C library settings:
-where gcn_jax's commands would ask glibc for huge pages (`gcn_jax.huge_pages`; GCN_JAX_HUGE_PAGES=0: not),
-both sides get GLIBC_TUNABLES with glibc.malloc.hugetlb=1, and the table says so.
+.num_classes, .use_br, --config.crop_size and --config.global_batch_size set from the flags here (float32, or
+bfloat16 with --amp; SGD with momentum 0.9 and weight decay, as the torch side); arguments after `--` are added
+to its command line (e.g. more --config overrides; not model.backbone_width, which the peer does not have).
+XLA's environment (XLA_FLAGS) is inherited. --torch-args go to torch_peer.py. Both sides run with the same C
+library settings: where gcn_jax's commands would ask glibc for huge pages (`gcn_jax.huge_pages`;
+GCN_JAX_HUGE_PAGES=0: not), both sides get GLIBC_TUNABLES with glibc.malloc.hugetlb=1, and the table says so.
 Rounds alternate which side starts (JAX-torch, torch-JAX, ...), so a slow drift of the machine touches both
 alike; run it on a quiet machine. Each run is a fresh process with its own warm-up (--warmup, --reps, --steps
 as in train_step.py). torch is optional: `pip install -r requirements-bench.txt`.
@@ -23,7 +23,9 @@ as in train_step.py). torch is optional: `pip install -r requirements-bench.txt`
 On a GPU: --device cuda runs the peer there (JAX uses the GPU it finds); --amp makes the comparison bfloat16
 (`--config.model.dtype=bfloat16` against the peer's autocast to bfloat16); --fit-batch runs the first JAX side
 with train_step.py's --fit_batch (the largest batch that fits the GPU's memory) and every later run, torch's
-included, with the batch it found (--batch is then ignored).
+included, with the batch it found (--batch is then ignored). Where the peer runs out of memory (exit code 4),
+its runs halve their batch until one fits, and the table names both batches. Each run's output is shown as it
+comes.
 """
 
 import argparse
@@ -40,6 +42,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from gcn_jax import huge_pages  # noqa: E402 (gcn_jax from this checkout)
 
+TORCH_OUT_OF_MEMORY = 4  # torch_peer.EXIT_OUT_OF_MEMORY (that file imports torch, which this one does not need)
+
+
+class PeerOutOfMemory(Exception):
+    pass
+
 
 def jax_command(args, json_path: str, extra: list[str]) -> list[str]:
     h, w = args.size
@@ -55,21 +63,36 @@ def torch_command(args, json_path: str) -> list[str]:
     h, w = args.size
     return [sys.executable, os.path.join(HERE, "torch_peer.py"), "--backbone", args.backbone,
             "--kernel-size", str(args.kernel_size), "--num-classes", str(args.num_classes), "--size", str(h), str(w),
-            "--batch", str(args.batch), "--part", args.part, "--mode", args.mode, "--warmup", str(args.warmup),
-            "--reps", str(args.reps), "--steps", str(args.steps), "--json", json_path,
+            "--batch", str(args.torch_batch or args.batch), "--part", args.part, "--mode", args.mode,
+            "--warmup", str(args.warmup), "--reps", str(args.reps), "--steps", str(args.steps), "--json", json_path,
             "--device", args.device, *(["--amp"] if args.amp else []), *(["--no-br"] if args.no_br else []),
             *shlex.split(args.torch_args)]
 
 
 def run_side(name: str, command: list[str], json_path: str, env: dict[str, str]) -> dict:
-    """Run one benchmark process in ``env``, echo its table, return its JSON."""
+    """Run one benchmark process in ``env``, its output shown as it comes; return its JSON. Raises
+    `PeerOutOfMemory` when the peer runs out of memory."""
     print(f"$ {shlex.join(command)}", flush=True)
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
-    print(proc.stdout.rstrip(), flush=True)
+    proc = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    if name == "torch" and proc.returncode == TORCH_OUT_OF_MEMORY:
+        raise PeerOutOfMemory(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     with open(json_path) as f:
         return json.load(f)
+
+
+def run_peer(args, json_path: str, env: dict[str, str]) -> dict:
+    """The peer's run; out of memory, again with half the batch (``args.torch_batch``) until one fits."""
+    while True:
+        try:
+            return run_side("torch", torch_command(args, json_path), json_path, env)
+        except PeerOutOfMemory as e:
+            batch = args.torch_batch or args.batch
+            if batch == 1:
+                sys.exit(f"torch ran out of memory even with one image: {e}")
+            args.torch_batch = batch // 2
+            print(f"== {e}\n== torch's runs from here on: batch {args.torch_batch}", flush=True)
 
 
 def summary(rounds: list[dict]) -> dict:
@@ -125,6 +148,7 @@ def parse_args(argv):
     parser.add_argument("--torch-args", default="", help="more arguments for torch_peer.py, e.g. '--no-channels-last'")
     parser.add_argument("--json", help="also write the rounds and the summary to this JSON file")
     args = parser.parse_args(argv)
+    args.torch_batch = None  # the peer's batch where it differs from the JAX side's (out of memory)
     try:
         args.size = size_pair(args.size)
     except argparse.ArgumentTypeError as e:
@@ -150,10 +174,12 @@ def main(argv=None):
             result = {}
             for side in order:
                 fit = side == "jax" and args.fit_batch and r == 0  # the first run: round 1 starts with JAX
-                command = (jax_command(args, paths["jax"], [*extra, *(["--fit_batch"] if fit else [])])
-                           if side == "jax" else torch_command(args, paths["torch"]))
                 print(f"\n== round {r + 1}/{args.rounds}: {side}", flush=True)
-                result[side] = run_side(side, command, paths[side], env)
+                if side == "jax":
+                    command = jax_command(args, paths["jax"], [*extra, *(["--fit_batch"] if fit else [])])
+                    result[side] = run_side(side, command, paths[side], env)
+                else:
+                    result[side] = run_peer(args, paths[side], env)
                 if fit:
                     args.batch = result[side]["config"]["global_batch_size"]
                     print(f"== every run from here on: batch {args.batch}, the largest that fits", flush=True)
@@ -161,7 +187,9 @@ def main(argv=None):
     table = summary(rounds)
     h, w = args.size
     print(f"\n{args.part}: {args.backbone} gcn k={args.kernel_size}, {args.num_classes} classes, BR "
-          f"{'off' if args.no_br else 'on'}, batch {args.batch} of {h}x{w}, {'bfloat16' if args.amp else 'float32'}, "
+          f"{'off' if args.no_br else 'on'}, batch {args.batch}"
+          f"{f' (torch {args.torch_batch}: out of memory at more)' if args.torch_batch else ''} of {h}x{w}, "
+          f"{'bfloat16' if args.amp else 'float32'}, "
           f"torch on {args.device}; images/s, median (min-max) "
           f"over {args.rounds} round(s); GLIBC_TUNABLES={tunables or '(none)'} for both")
     print(f"{'':<6} {'JAX':>22} {'torch':>22} {'JAX/torch':>10} {'paired':>7}")

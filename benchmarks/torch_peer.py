@@ -49,6 +49,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Mapping
 
@@ -57,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+EXIT_OUT_OF_MEMORY = 4  # the exit code when the device runs out of memory (compare_torch.py retries smaller)
 # (block type, blocks per stage) of the plain ResNets of gcn_jax.models.resnet.RESNET_SPECS.
 RESNET_SPECS = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -450,8 +452,9 @@ def main(argv=None):
         if args.mode in ("infer", "both"):
             results["infer"] = bench_infer(args)
     except torch.OutOfMemoryError as e:
-        raise SystemExit(f"torch_peer.py: out of memory on {args.device} at --batch {args.batch} (try a smaller "
-                         f"--batch): {str(e).splitlines()[0]}") from None
+        print(f"torch_peer.py: out of memory on {args.device} at --batch {args.batch} (try a smaller --batch): "
+              f"{str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(EXIT_OUT_OF_MEMORY)
     results = {k: summarize(v, args.batch) for k, v in results.items()}
     memory, memory_source = peak_memory(args)
     layout = "channels-last" if args.channels_last else "NCHW"

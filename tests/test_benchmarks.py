@@ -184,7 +184,9 @@ def test_the_batch_fit_compiles_the_train_step_and_keeps_within_the_limit(tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--fit_batch"], "error: --fit_batch needs the device's memory limit, which cpu does not report"),
     (["--fit_batch", "--fit_memory_fraction", "1.5"], "error: --fit_memory_fraction=1.5: expected a share in (0, 1]"),
-], ids=["cpu", "fraction"])
+    (["--fit_batch", "--part", "backbone"],
+     "error: --fit_batch fits the whole model's train step, not --part backbone's"),
+], ids=["cpu", "fraction", "part"])
 def test_fit_batch_errors_say_what_was_expected(args, message):
     r = _train_step(*args)
     assert r.returncode == 2, r.stderr[-2000:]

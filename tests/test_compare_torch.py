@@ -1,5 +1,7 @@
 """benchmarks/compare_torch.py's command line (torch itself is not needed for it)."""
 
+import json
+
 import pytest
 
 from benchmarks import compare_torch
@@ -29,31 +31,65 @@ def test_summary_gives_the_ratio_of_medians_and_the_median_of_each_rounds_ratio(
     assert table["infer"]["paired_ratio"] == pytest.approx(3.0)
 
 
-def test_with_the_largest_batch_that_fits_every_run_uses_the_fitted_batch(monkeypatch):
-    # On a GPU in bfloat16, two rounds: the first JAX run fits the batch (12 here) and every later run, torch's
-    # included, uses it.
+def fake_runs(monkeypatch, torch_fits=lambda batch: True):
+    """compare_torch's runs replaced by a record of their commands: JAX's --fit_batch run finds 12 images, and
+    the peer runs out of memory where ``torch_fits`` says so."""
     commands = []
 
     def run_side(name, command, json_path, env):
         commands.append((name, command))
-        batch = 12 if "--fit_batch" in command else int(
-            command[command.index("--batch") + 1] if name == "torch" else
-            next(a for a in command if a.startswith("--config.global_batch_size=")).split("=")[1])
+        if name == "torch":
+            batch = int(command[command.index("--batch") + 1])
+            if not torch_fits(batch):
+                raise compare_torch.PeerOutOfMemory(f"torch_peer.py: out of memory on cuda at --batch {batch}")
+        else:
+            batch = 12 if "--fit_batch" in command else int(
+                next(a for a in command if a.startswith("--config.global_batch_size=")).split("=")[1])
         return {"config": {"global_batch_size": batch}, "train": {"images_per_s": 1.0}, "infer": {"images_per_s": 2.0}}
 
     monkeypatch.setattr(compare_torch, "run_side", run_side)
+    return commands
+
+
+def batch_of(name, command):
+    return (command[command.index("--batch") + 1] if name == "torch" else
+            next(a for a in command if a.startswith("--config.global_batch_size=")).split("=")[1])
+
+
+def test_with_the_largest_batch_that_fits_every_run_uses_the_fitted_batch(monkeypatch, capsys):
+    # On a GPU in bfloat16, two rounds: the first JAX run fits the batch (12 here) and every later run, torch's
+    # included, uses it.
+    commands = fake_runs(monkeypatch)
     compare_torch.main(["--device", "cuda", "--amp", "--fit-batch", "--rounds", "2"])
-    names = [name for name, _ in commands]
-    assert names == ["jax", "torch", "torch", "jax"]
-    first, *rest = [command for _, command in commands]
+    assert [name for name, _ in commands] == ["jax", "torch", "torch", "jax"]
+    first = commands[0][1]
     assert "--fit_batch" in first and "--config.model.dtype=bfloat16" in first
     for name, command in commands[1:]:
-        assert "--fit_batch" not in command
+        assert "--fit_batch" not in command and batch_of(name, command) == "12"
         if name == "torch":
-            assert command[command.index("--batch") + 1] == "12" and "--amp" in command
-            assert command[command.index("--device") + 1] == "cuda"
+            assert "--amp" in command and command[command.index("--device") + 1] == "cuda"
         else:
-            assert "--config.global_batch_size=12" in command and "--config.model.dtype=bfloat16" in command
+            assert "--config.model.dtype=bfloat16" in command
+    assert "batch 12 of 256x256, bfloat16, torch on cuda" in capsys.readouterr().out
+
+
+def test_a_peer_out_of_memory_runs_again_with_half_the_batch(monkeypatch, capsys, tmp_path):
+    commands = fake_runs(monkeypatch, torch_fits=lambda batch: batch <= 3)
+    compare_torch.main(["--device", "cuda", "--fit-batch", "--rounds", "2", "--json", str(tmp_path / "c.json")])
+    assert [(name, batch_of(name, command)) for name, command in commands] == [
+        ("jax", "2"), ("torch", "12"), ("torch", "6"), ("torch", "3"), ("torch", "3"), ("jax", "12")]  # 2: --batch,
+    # which the fitting run replaces
+    out = capsys.readouterr().out
+    assert "torch's runs from here on: batch 6" in out and "torch's runs from here on: batch 3" in out
+    assert "batch 12 (torch 3: out of memory at more) of 256x256" in out
+    settings = json.loads((tmp_path / "c.json").read_text())["settings"]
+    assert (settings["batch"], settings["torch_batch"]) == (12, 3)
+
+
+def test_a_peer_out_of_memory_with_one_image_ends_the_comparison(monkeypatch):
+    fake_runs(monkeypatch, torch_fits=lambda batch: False)
+    with pytest.raises(SystemExit, match="torch ran out of memory even with one image"):
+        compare_torch.main(["--batch", "2", "--rounds", "1"])
 
 
 def test_fit_batch_is_for_the_whole_model(capsys):
