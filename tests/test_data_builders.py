@@ -453,3 +453,17 @@ def test_large384_is_the_large_set_at_three_times_the_side():
         assert big[0].shape == (384, 384, 3) and big[1].shape == (384, 384)
         assert np.mean(big[1][1::3, 1::3] == small[1]) > 0.98  # the pixel at the centre of each 3x3 cell
         assert set(np.unique(big[1])) == set(np.unique(small[1]))
+
+
+@pytest.mark.parametrize("name", ["synthetic_shapes/tiny", "voc_sbd/voc", "coco_voc", "cityscapes_fine"])
+def test_a_builder_of_a_dataset_not_built_leaves_no_temporary_folder(name, tmp_path, monkeypatch):
+    # tfds looks for a dataset not built yet in its cloud bucket (never ours), through a temporary folder it made
+    # and then left behind: one more empty /tmp/tmp*tfds each time, hundreds per test run.
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    builder = tfds.builder(name, data_dir=str(tmp_path / "data"))
+    assert not builder.is_prepared()
+    assert os.listdir(temp) == []

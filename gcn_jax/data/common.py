@@ -35,6 +35,14 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, file_format=None, **kwargs):
         super().__init__(file_format=file_format or "array_record", **kwargs)
 
+    def dataset_info_from_configs(self, **kwargs) -> tfds.core.DatasetInfo:
+        """tfds's, without the look-up of a dataset not built yet in tfds's cloud bucket (never ours): it makes a
+        temporary folder that it does not remove (tensorflow-datasets 4.9), one empty /tmp/tmp*tfds each time
+        such a builder is made."""
+        info = super().dataset_info_from_configs(**kwargs)
+        info.initialize_from_bucket = lambda: None
+        return info
+
 
 def segmentation_features(image_format: str = "jpeg") -> tfds.features.FeaturesDict:
     """The features of every builder; ``image_format`` is that of the stored image bytes (kept as they come)."""
