@@ -24,8 +24,8 @@ On a GPU: --device cuda runs the peer there (JAX uses the GPU it finds); --amp m
 (`--config.model.dtype=bfloat16` against the peer's autocast to bfloat16); --fit-batch runs the first JAX side
 with train_step.py's --fit_batch (the largest batch that fits the GPU's memory) and every later run, torch's
 included, with the batch it found (--batch is then ignored). Where the peer runs out of memory (exit code 4),
-its runs halve their batch until one fits, and the table names both batches. Each run's output is shown as it
-comes.
+its runs halve their batch until one fits, and the table names both batches. Each run's printed output shows as
+it comes; its messages (stderr) where it fails.
 """
 
 import argparse
@@ -70,12 +70,12 @@ def torch_command(args, json_path: str) -> list[str]:
 
 
 def run_side(name: str, command: list[str], json_path: str, env: dict[str, str]) -> dict:
-    """Run one benchmark process in ``env``, its output shown as it comes; return its JSON. Raises
+    """Run one benchmark process in ``env``, its stdout shown as it comes; return its JSON. Raises
     `PeerOutOfMemory` when the peer runs out of memory."""
     print(f"$ {shlex.join(command)}", flush=True)
     proc = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
     if name == "torch" and proc.returncode == TORCH_OUT_OF_MEMORY:
-        raise PeerOutOfMemory(proc.stderr.strip().splitlines()[-1])
+        raise PeerOutOfMemory((proc.stderr.strip().splitlines() or ["torch_peer.py: out of memory"])[-1])
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     with open(json_path) as f:

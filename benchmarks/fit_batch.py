@@ -29,6 +29,9 @@ def largest_fitting(bytes_at, limit: float, step: int, most: int = 1 << 14) -> i
     does not fit."""
     most -= most % step
     known = {step: bytes_at(step)}
+    if math.isinf(known[step]):
+        raise errors.InputError(f"--fit_batch: even {step} image(s), one per device and micro-batch: compiling the "
+                                "train step ran out of memory")
     if known[step] > limit:
         raise errors.InputError(f"--fit_batch: even {step} image(s), one per device and micro-batch, need "
                                 f"{known[step] / 2**30:.2f} GiB per device, over the {limit / 2**30:.2f} GiB "
@@ -41,7 +44,7 @@ def largest_fitting(bytes_at, limit: float, step: int, most: int = 1 << 14) -> i
         if math.isinf(known[b]) or math.isinf(known[previous]):
             estimate = high  # no line to follow: bisect
         else:
-            slope = max(known[b] - known[previous], 1) / (b - previous)
+            slope = max((known[b] - known[previous]) / (b - previous), 1.0)  # bytes per image, either way
             estimate = min(b + math.floor((limit - known[b]) / slope) // step * step, most)
         previous = b
         if low < estimate < high:
@@ -53,23 +56,36 @@ def largest_fitting(bytes_at, limit: float, step: int, most: int = 1 << 14) -> i
     return low
 
 
+def batch_shapes(config, global_batch: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{name: (shape, dtype)} of a training batch as the input pipeline sends it: uint8 images and labels, a
+    boolean mask of the pixels that are not padding."""
+    height, width = size_pair(config.crop_size, "crop_size")
+    return {"image": ((global_batch, height, width, 3), np.dtype(np.uint8)),
+            "label": ((global_batch, height, width), np.dtype(np.uint8)),
+            "mask": ((global_batch, height, width), np.dtype(bool))}
+
+
+def train_step(config, mesh):
+    """(the config's jitted train step, its optimizer): what `benchmarks/train_step.py` times and this module
+    measures, built the same way (the compiled programs are then the same, and a compilation cache serves both)."""
+    tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
+    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    return state_lib.make_train_step(build_model(config.model), tx, schedule, mesh,
+                                     config.optimizer.grad_accum_steps), tx
+
+
 class _Step:
     """The config's train step, lowered for abstract batches of any size (model and optimizer built once)."""
 
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
-        tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
-        schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
+        self.step, tx = train_step(config, mesh)
         self.state = state_lib.train_state_shapes(config, mesh, tx)
-        self.step = state_lib.make_train_step(build_model(config.model), tx, schedule, mesh,
-                                              config.optimizer.grad_accum_steps)
 
     def memory(self, global_batch: int):
-        height, width = size_pair(self.config.crop_size, "crop_size")
         sharding = parallel.batch_sharded(self.mesh)
-        batch = {name: jax.ShapeDtypeStruct((global_batch, height, width, *extra), dtype, sharding=sharding)
-                 for name, extra, dtype in (("image", (3,), np.uint8), ("label", (), np.uint8),
-                                            ("mask", (), bool))}
+        batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+                 for name, (shape, dtype) in batch_shapes(self.config, global_batch).items()}
         return self.step.lower(self.state, batch).compile().memory_analysis()
 
 
@@ -93,7 +109,7 @@ def fit(config, mesh, fraction: float, limit: float | None = None) -> tuple[int,
     """(the largest global batch, a multiple of the device count times `grad_accum_steps`, whose train step takes
     at most ``fraction`` of ``limit`` bytes per device (default: the device's reported limit); a record of the
     search for the benchmark's JSON). Each batch tried is printed with its bytes."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     limit = limit or (device.memory_stats() or {}).get("bytes_limit")
     if not limit:
         raise errors.InputError(f"--fit_batch needs the device's memory limit, which {device.device_kind} does not "

@@ -30,10 +30,10 @@ where it has them (GPU, TPU), else the process's peak resident memory (CPU).
 `grad_accum_steps`) whose train step fits in --fit_memory_fraction of each device's memory
 (`memory_stats()["bytes_limit"]`, which GPUs and TPUs report; on CPU it is an error): the bytes per device are
 XLA's memory analysis of the compiled train step (arguments, outputs not donated, temporaries), so the search
-compiles but runs nothing (`benchmarks/fit_batch.py`). It compiles at 1 and 2 images per device, takes the
-straight line through the two, and checks its estimate and the next batch up (a secant search inside the
-bracket found so far): about four compilations when memory grows linearly with the
-batch. Inference is then timed at the same batch.
+compiles but runs no step (`benchmarks/fit_batch.py`). It compiles at 1 and 2 images per device (and
+micro-batch), follows the straight line through the last two batches tried, and checks its estimate and the
+next batch up (a secant search inside the bracket found so far): about four compilations when memory grows
+linearly with the batch. Inference is then timed at the same batch.
 """
 
 import json
@@ -142,11 +142,11 @@ def peak_memory() -> tuple[float, str]:
 
 
 def random_batch(config, mesh) -> dict:
-    height, width = size_pair(config.crop_size, "crop_size")
-    rng, shape = np.random.default_rng(0), (config.global_batch_size, height, width)
-    batch = {"image": rng.integers(0, 256, (*shape, 3), dtype=np.uint8),  # as the input pipeline sends them
-             "label": rng.integers(0, config.model.num_classes, shape, dtype=np.uint8),
-             "mask": np.ones(shape, bool)}
+    """Random images and labels of `fit_batch.batch_shapes`, all pixels valid, on the mesh."""
+    rng, shapes = np.random.default_rng(0), fit_batch.batch_shapes(config, config.global_batch_size)
+    batch = {"image": rng.integers(0, 256, *shapes["image"]),
+             "label": rng.integers(0, config.model.num_classes, *shapes["label"]),
+             "mask": np.ones(*shapes["mask"])}
     return parallel.global_batch(mesh, batch)
 
 
@@ -167,11 +167,8 @@ def compiled_and_timed(fn, args: tuple, run=None) -> dict:
 
 
 def bench_train(config, mesh, batch) -> dict:
-    model = build_model(config.model)
-    tx = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
-    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    step, tx = fit_batch.train_step(config, mesh)
     state = state_lib.create_train_state(config, mesh, tx)
-    step = state_lib.make_train_step(model, tx, schedule, mesh, config.optimizer.grad_accum_steps)
     holder = {"state": state}  # the state is donated: each call takes the previous call's
 
     def run(compiled):
@@ -259,6 +256,9 @@ def format_row(name: str, r: dict) -> str:
 def main(argv):
     cli.start(argv)
     config, mesh = FLAGS.config, parallel.make_mesh()
+    if FLAGS.fit_batch:  # the batch is the search's: the config's may not suit these devices
+        with config.unlocked():
+            config.global_batch_size = mesh.size * config.optimizer.grad_accum_steps
     check_config(config, mesh.size, jax.process_count(), "train")
     if not 0 < FLAGS.fit_memory_fraction <= 1:
         raise errors.InputError(f"--fit_memory_fraction={FLAGS.fit_memory_fraction}: expected a share in (0, 1]")

@@ -1,6 +1,8 @@
 """benchmarks/compare_torch.py's command line (torch itself is not needed for it)."""
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -38,13 +40,9 @@ def fake_runs(monkeypatch, torch_fits=lambda batch: True):
 
     def run_side(name, command, json_path, env):
         commands.append((name, command))
-        if name == "torch":
-            batch = int(command[command.index("--batch") + 1])
-            if not torch_fits(batch):
-                raise compare_torch.PeerOutOfMemory(f"torch_peer.py: out of memory on cuda at --batch {batch}")
-        else:
-            batch = 12 if "--fit_batch" in command else int(
-                next(a for a in command if a.startswith("--config.global_batch_size=")).split("=")[1])
+        batch = 12 if "--fit_batch" in command else int(batch_of(name, command))
+        if name == "torch" and not torch_fits(batch):
+            raise compare_torch.PeerOutOfMemory(f"torch_peer.py: out of memory on cuda at --batch {batch}")
         return {"config": {"global_batch_size": batch}, "train": {"images_per_s": 1.0}, "infer": {"images_per_s": 2.0}}
 
     monkeypatch.setattr(compare_torch, "run_side", run_side)
@@ -96,3 +94,17 @@ def test_fit_batch_is_for_the_whole_model(capsys):
     with pytest.raises(SystemExit):
         compare_torch.parse_args(["--fit-batch", "--part", "backbone"])
     assert "--fit-batch fits the whole model's train step, not --part backbone's" in capsys.readouterr().err
+
+
+def test_a_run_shows_its_output_and_a_peer_out_of_memory_is_told_apart(tmp_path, capfd):
+    path = str(tmp_path / "r.json")
+    script = ("import json, sys; print('the table'); json.dump({'ok': 1}, open(sys.argv[1], 'w')); "
+              "sys.stderr.write('torch_peer.py: out of memory on cuda at --batch 8\\n'); sys.exit(int(sys.argv[2]))")
+    env = dict(os.environ)
+    assert compare_torch.run_side("torch", [sys.executable, "-c", script, path, "0"], path, env) == {"ok": 1}
+    assert "the table" in capfd.readouterr().out
+    with pytest.raises(compare_torch.PeerOutOfMemory, match="out of memory on cuda at --batch 8"):
+        compare_torch.run_side("torch", [sys.executable, "-c", script, path, str(compare_torch.TORCH_OUT_OF_MEMORY)],
+                               path, env)
+    with pytest.raises(SystemExit, match="jax failed .exit 4.:"):  # only the peer's exit 4 means out of memory
+        compare_torch.run_side("jax", [sys.executable, "-c", script, path, "4"], path, env)

@@ -11,7 +11,7 @@ from gcn_jax.models import GCNSegmentation
 from gcn_jax.models.summary import count_params
 
 torch = pytest.importorskip("torch")
-from benchmarks import torch_peer  # noqa: E402
+from benchmarks import compare_torch, torch_peer  # noqa: E402
 
 
 def random_variables(model, image_shape, seed=0):
@@ -106,6 +106,6 @@ def test_running_out_of_gpu_memory_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setattr(torch_peer, "bench_train", out_of_memory)
     with pytest.raises(SystemExit) as exit_info:
         torch_peer.main(["--batch", "64", "--mode", "train"])
-    assert exit_info.value.code == torch_peer.EXIT_OUT_OF_MEMORY == 4  # compare_torch.py's retry depends on it
+    assert exit_info.value.code == torch_peer.EXIT_OUT_OF_MEMORY == compare_torch.TORCH_OUT_OF_MEMORY  # its retry
     assert capsys.readouterr().err == ("torch_peer.py: out of memory on cpu at --batch 64 (try a smaller --batch): "
                                        "CUDA out of memory. Tried to allocate 2.00 GiB\n")

@@ -17,7 +17,7 @@ REGION = "--xla_cpu_copy_insertion_use_region_analysis="
 DEFAULTS = f"{YNN}dot,reduce {REGION}true"
 # Each default is set only with a jaxlib at least as new as it was measured with (0.12 for both); the tests that
 # expect them all skip on an older one (the jax 0.11 of some GPU images), where they are not set, by design.
-OLDER_JAXLIB = pytest.mark.skipif(
+NEEDS_EVERY_DEFAULT = pytest.mark.skipif(
     xla_flags._version(xla_flags._jaxlib_version() or "0") < max(v for _, v in xla_flags.DEFAULT_FLAGS.values()),
     reason="this jaxlib does not get every default flag")
 
@@ -38,7 +38,7 @@ def test_a_jaxlib_older_than_the_one_measured_gets_no_flag_it_may_not_know():
     assert xla_flags.with_defaults("--xla_dump_to=/tmp/x", "0.11.9") == "--xla_dump_to=/tmp/x"
 
 
-@OLDER_JAXLIB
+@NEEDS_EVERY_DEFAULT
 def test_the_environment_variable_turns_the_defaults_off():
     environ = {xla_flags.OPT_OUT: "0", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
     xla_flags.set_defaults(environ)
@@ -84,7 +84,7 @@ def _load(path) -> tuple[str, list[np.ndarray]]:
         return str(f["arr_0"]), [f[f"arr_{i}"] for i in range(1, len(f.files))]
 
 
-@OLDER_JAXLIB
+@NEEDS_EVERY_DEFAULT
 def test_the_network_computes_the_same_with_and_without_the_defaults(tmp_path):
     save_logits_and_grads(tmp_path / "with.npz")  # this process imported gcn_jax before JAX started
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
