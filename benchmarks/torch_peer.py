@@ -308,7 +308,7 @@ def timed(run, reps: int, steps: int, synchronize=lambda: None) -> list[float]:
 
 def autocast(args):
     """The forward pass's context: autocast to bfloat16 with --amp, else float32 as it is."""
-    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.amp)
+    return torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.amp)
 
 
 def on_device(module: nn.Module, x: torch.Tensor, args) -> tuple[nn.Module, torch.Tensor]:
@@ -361,8 +361,7 @@ def bench_infer(args) -> dict:
 
 
 def time_it(run, args) -> dict:
-    device = torch.device(args.device)
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    synchronize = (lambda: torch.cuda.synchronize(args.device)) if args.device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     run()
     synchronize()
@@ -418,24 +417,24 @@ def parse_args(argv=None):
     if min(args.reps, args.steps, args.threads) < 1 or args.warmup < 0:
         parser.error("--reps, --steps and --threads must be >= 1, --warmup >= 0")
     try:
-        device = torch.device(args.device)
+        args.device = torch.device(args.device)  # from here on a torch.device (its str in the JSON)
     except RuntimeError as e:
         parser.error(f"--device {args.device!r}: {e}")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
     return args
 
 
 def device_name(args) -> str:
-    if torch.device(args.device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(args.device))
+    if args.device.type == "cuda":
+        return torch.cuda.get_device_name(args.device)
     return platform.processor() or platform.machine()
 
 
 def peak_memory(args) -> tuple[float, str]:
     """(peak bytes, what was measured), as train_step.py reports it."""
-    if torch.device(args.device).type == "cuda":
-        return float(torch.cuda.max_memory_allocated(torch.device(args.device))), "device max_memory_allocated"
+    if args.device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(args.device)), "device max_memory_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS"
 
 
@@ -443,7 +442,7 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if torch.device(args.device).type == "cuda":
+    if args.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     results = {}
     try:
@@ -469,7 +468,7 @@ def main(argv=None):
     print(f"peak memory {memory / 2**20:.0f} MiB ({memory_source}); "
           f"median of {args.reps} x {args.steps} steps after {args.warmup} warm-up")
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        settings = {k: str(v) if k == "device" else v for k, v in vars(args).items() if k != "json"}
         with open(args.json, "w") as f:
             json.dump({"framework": "torch", "torch_version": torch.__version__, "settings": settings,
                        "device": device_name(args), "num_threads": args.threads, "peak_memory_bytes": memory,

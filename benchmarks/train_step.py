@@ -256,15 +256,15 @@ def format_row(name: str, r: dict) -> str:
 def main(argv):
     cli.start(argv)
     config, mesh = FLAGS.config, parallel.make_mesh()
+    if not 0 < FLAGS.fit_memory_fraction <= 1:
+        raise errors.InputError(f"--fit_memory_fraction={FLAGS.fit_memory_fraction}: expected a share in (0, 1]")
+    if FLAGS.fit_batch and FLAGS.part != "model":
+        raise errors.InputError(f"--fit_batch fits the whole model's train step, not --part {FLAGS.part}'s")
     if FLAGS.fit_batch:  # the batch is the search's: the config's may not suit these devices
         with config.unlocked():
             config.global_batch_size = mesh.size * config.optimizer.grad_accum_steps
     check_config(config, mesh.size, jax.process_count(), "train")
-    if not 0 < FLAGS.fit_memory_fraction <= 1:
-        raise errors.InputError(f"--fit_memory_fraction={FLAGS.fit_memory_fraction}: expected a share in (0, 1]")
     fitted = {}
-    if FLAGS.fit_batch and FLAGS.part != "model":
-        raise errors.InputError(f"--fit_batch fits the whole model's train step, not --part {FLAGS.part}'s")
     if FLAGS.fit_batch:
         batch_size, fitted = fit_batch.fit(config, mesh, FLAGS.fit_memory_fraction)
         with config.unlocked():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import warnings
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -17,9 +18,8 @@ REGION = "--xla_cpu_copy_insertion_use_region_analysis="
 DEFAULTS = f"{YNN}dot,reduce {REGION}true"
 # Each default is set only with a jaxlib at least as new as it was measured with (0.12 for both); the tests that
 # expect them all skip on an older one (the jax 0.11 of some GPU images), where they are not set, by design.
-NEEDS_EVERY_DEFAULT = pytest.mark.skipif(
-    xla_flags._version(xla_flags._jaxlib_version() or "0") < max(v for _, v in xla_flags.DEFAULT_FLAGS.values()),
-    reason="this jaxlib does not get every default flag")
+NEEDS_EVERY_DEFAULT = pytest.mark.skipif(xla_flags.with_defaults("", metadata.version("jaxlib")) != DEFAULTS,
+                                         reason="this jaxlib does not get every default flag")
 
 
 def test_defaults_are_added_after_the_users_own_flags():
